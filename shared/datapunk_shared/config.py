@@ -1,0 +1,202 @@
+"""Configuration for every Datapunk process.
+
+Values come, in rising priority, from the defaults below, a TOML file
+(``datapunk.toml`` in the working directory, or the path in ``DATAPUNK_CONFIG``),
+and environment variables such as ``DATAPUNK_LAKE__PORT=6051``. Unknown keys and
+invalid values are refused with a message naming the key, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from datapunk_shared.errors import ConfigError
+
+__all__ = [
+    "EngineSettings",
+    "KafkaSettings",
+    "LogSettings",
+    "MqttSettings",
+    "PostgresSettings",
+    "QuestDBSettings",
+    "RedisSettings",
+    "ServiceSettings",
+    "Settings",
+    "StackSettings",
+    "TracingSettings",
+    "config_path",
+    "load_settings",
+]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceSettings(_Strict):
+    """Where one service listens and how it behaves at its edges."""
+
+    host: str = "127.0.0.1"
+    port: Port
+    metrics_port: Port
+    shutdown_grace: Seconds = 10.0
+    probe_interval: Seconds = 5.0
+    probe_timeout: Seconds = 2.0
+    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+
+
+class PostgresSettings(_Strict):
+    """PostgreSQL with PostGIS: geometry for the Lake, platform metadata for everyone."""
+
+    url: str = "postgresql://postgres@127.0.0.1:55432/datapunk"
+    managed: bool = True
+    pool_min: Annotated[int, Field(ge=0, le=100)] = 1
+    pool_max: Annotated[int, Field(ge=1, le=500)] = 10
+
+
+class QuestDBSettings(_Strict):
+    """QuestDB: ILP over HTTP for writes, the PostgreSQL wire protocol for queries."""
+
+    http_url: str = "http://127.0.0.1:9000"
+    pg_url: str = "postgresql://admin:quest@127.0.0.1:8812/qdb"
+    managed: bool = True
+
+
+class KafkaSettings(_Strict):
+    """Apache Kafka (KRaft), the Stream's log."""
+
+    bootstrap_servers: str = "127.0.0.1:59092"
+    managed: bool = True
+
+
+class MqttSettings(_Strict):
+    """The MQTT broker the Stream ingests from."""
+
+    url: str = "mqtt://127.0.0.1:51883"
+    managed: bool = True
+
+
+class RedisSettings(_Strict):
+    """Redis, for shared rate limits and caches."""
+
+    url: str = "redis://127.0.0.1:56379/0"
+    managed: bool = True
+
+
+class EngineSettings(_Strict):
+    """Every engine. ``managed = true`` means ``datapunk up`` runs it locally; set it to
+    false and give the URL of an existing server to use that server instead."""
+
+    postgres: PostgresSettings = PostgresSettings()
+    questdb: QuestDBSettings = QuestDBSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    mqtt: MqttSettings = MqttSettings()
+    redis: RedisSettings = RedisSettings()
+
+
+class StackSettings(_Strict):
+    """The local stack that ``datapunk up`` supervises."""
+
+    data_dir: Path = Path(".datapunk")
+    start_timeout: Seconds = 120.0
+
+
+class LogSettings(_Strict):
+    """Structured logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = True
+    access_log: bool = True
+
+
+class TracingSettings(_Strict):
+    """OpenTelemetry tracing; off unless an exporter is chosen."""
+
+    exporter: Literal["none", "otlp", "console"] = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a Datapunk installation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DATAPUNK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    lake: ServiceSettings = ServiceSettings(port=50051, metrics_port=9151)
+    stream: ServiceSettings = ServiceSettings(port=50052, metrics_port=9152)
+    nexus: ServiceSettings = ServiceSettings(port=50053, metrics_port=9153)
+    engines: EngineSettings = EngineSettings()
+    stack: StackSettings = StackSettings()
+    log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_toml_file))
+        return tuple(sources)
+
+
+_toml_file: Path | None = None
+
+
+def config_path() -> Path | None:
+    """The configuration file in use: ``$DATAPUNK_CONFIG`` or ``./datapunk.toml``."""
+    explicit = os.environ.get("DATAPUNK_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"DATAPUNK_CONFIG names {explicit!r}, which is not a file")
+        return path
+    default = Path("datapunk.toml")
+    return default if default.is_file() else None
+
+
+def load_settings() -> Settings:
+    """Read the configuration, or raise ConfigError naming every bad key."""
+    global _toml_file
+    _toml_file = config_path()
+    # DATAPUNK_CONFIG selects the file; it is not itself a setting, so hide it from
+    # the environment source, which refuses unknown DATAPUNK_* names.
+    selector = os.environ.pop("DATAPUNK_CONFIG", None)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        keys = [".".join(str(part) for part in err["loc"]) for err in exc.errors()]
+        problems = [
+            f"{key}: unknown configuration key"
+            if err["type"] == "extra_forbidden"
+            else f"{key}: {err['msg']} (got {err.get('input')!r})"
+            for key, err in zip(keys, exc.errors(), strict=True)
+        ]
+        raise ConfigError("invalid configuration: " + "; ".join(problems), keys=keys) from None
+    finally:
+        if selector is not None:
+            os.environ["DATAPUNK_CONFIG"] = selector
