@@ -1,0 +1,1 @@
+"""SQL schema migrations of the Lake (NNNN_name.sql, forward-only)."""

@@ -1,0 +1,1 @@
+"""SQL schema migrations of the Nexus (NNNN_name.sql, forward-only)."""
