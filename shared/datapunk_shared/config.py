@@ -113,6 +113,17 @@ class StackSettings(_Strict):
 
     data_dir: Path = Path(".datapunk")
     start_timeout: Seconds = 120.0
+    stop_timeout: Seconds = 30.0
+    """How long one child may take to stop after SIGTERM before it is killed."""
+    kafka_controller_port: Port = 59093
+    """The KRaft controller listener of the managed Kafka (same host as the broker)."""
+    questdb_min_http_port: Port = 9003
+    """QuestDB's minimal HTTP server (health and metrics), kept off other stacks' 9003."""
+    java_home: Path = Path("/usr/lib/jvm/temurin-25-jdk-amd64")
+    """The Java 25 runtime for QuestDB and Kafka."""
+    engines_lib: Path | None = None
+    """The QuestDB and Kafka jars; unset means build/engines/lib of the source tree,
+    where scripts/install-engines.sh puts them."""
 
 
 class LogSettings(_Strict):
