@@ -26,14 +26,17 @@ from datapunk_shared.errors import ConfigError
 __all__ = [
     "EngineSettings",
     "KafkaSettings",
+    "LakeSettings",
     "LogSettings",
     "MqttSettings",
+    "NexusSettings",
     "PostgresSettings",
     "QuestDBSettings",
     "RedisSettings",
     "ServiceSettings",
     "Settings",
     "StackSettings",
+    "StreamSettings",
     "TracingSettings",
     "config_path",
     "load_settings",
@@ -57,6 +60,21 @@ class ServiceSettings(_Strict):
     probe_interval: Seconds = 5.0
     probe_timeout: Seconds = 2.0
     max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+
+
+class LakeSettings(ServiceSettings):
+    port: Port = 50051
+    metrics_port: Port = 9151
+
+
+class StreamSettings(ServiceSettings):
+    port: Port = 50052
+    metrics_port: Port = 9152
+
+
+class NexusSettings(ServiceSettings):
+    port: Port = 50053
+    metrics_port: Port = 9153
 
 
 class PostgresSettings(_Strict):
@@ -152,9 +170,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    lake: ServiceSettings = ServiceSettings(port=50051, metrics_port=9151)
-    stream: ServiceSettings = ServiceSettings(port=50052, metrics_port=9152)
-    nexus: ServiceSettings = ServiceSettings(port=50053, metrics_port=9153)
+    lake: LakeSettings = LakeSettings()
+    stream: StreamSettings = StreamSettings()
+    nexus: NexusSettings = NexusSettings()
     engines: EngineSettings = EngineSettings()
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()

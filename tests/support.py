@@ -1,0 +1,116 @@
+"""Helpers the tests share: free ports, running a service as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RunningService:
+    name: str
+    address: str
+    metrics_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def health(self, service: str = "") -> int:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            status: int = response.status
+            return status
+
+
+def service_env(
+    name: str, port: int, metrics_port: int, extra: Mapping[str, str]
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAPUNK_")}
+    env.update(
+        {
+            f"DATAPUNK_{name.upper()}__PORT": str(port),
+            f"DATAPUNK_{name.upper()}__METRICS_PORT": str(metrics_port),
+            f"DATAPUNK_{name.upper()}__PROBE_INTERVAL": "0.5",
+            "DATAPUNK_CONFIG": str(ROOT / "datapunk.toml"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for_health(address: str, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited with {process.returncode} before answering")
+        try:
+            with grpc.insecure_channel(address) as channel:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                return
+        except grpc.RpcError:
+            time.sleep(0.1)
+    raise TimeoutError(f"service at {address} did not answer health checks")
+
+
+@contextmanager
+def run_service(
+    name: str, tmp_path: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[RunningService]:
+    """Start ``datapunk-<name>`` on free ports and stop it (SIGTERM) afterwards."""
+    port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / f"{name}-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(BIN / f"datapunk-{name}")],
+            env=service_env(name, port, metrics_port, extra_env or {}),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    service = RunningService(name, f"127.0.0.1:{port}", metrics_port, process, log_path)
+    try:
+        wait_for_health(service.address, process, time.monotonic() + 30)
+        yield service
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_until(predicate: object, timeout: float = 15.0, interval: float = 0.1) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")

@@ -1,0 +1,87 @@
+"""The Datapunk interceptor on a real in-process grpc.aio server: contract validation,
+error mapping with details, request ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from datapunk.lake.v1 import status_pb2, status_pb2_grpc
+from datapunk_shared.errors import Internal, InvalidArgument, NotFound
+from datapunk_shared.rpc.client import LakeClient, error_from_rpc_error
+from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY, DatapunkServerInterceptor
+from datapunk_shared.rpc.server import create_server
+from google.protobuf import duration_pb2
+
+
+class Servicer(status_pb2_grpc.StatusServiceServicer):
+    async def GetStatus(self, request: Any, context: Any) -> Any:
+        if "missing" in request.engines:
+            raise NotFound("no such engine", reason="ENGINE_NOT_FOUND", metadata={"e": "missing"})
+        if "boom" in request.engines:
+            raise RuntimeError("secret internals")
+        return status_pb2.GetStatusResponse()
+
+
+@pytest.fixture
+async def address() -> AsyncIterator[str]:
+    server, port = create_server(
+        "127.0.0.1:0", interceptors=[DatapunkServerInterceptor("test", access_log=False)]
+    )
+    status_pb2_grpc.add_StatusServiceServicer_to_server(Servicer(), server)
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+async def test_contract_violation_is_invalid_argument_with_field_violations(address: str) -> None:
+    async with LakeClient(address) as client:
+        with pytest.raises(InvalidArgument) as caught:
+            await client.get_status(engines=["ok", "BAD NAME"], probe_timeout=60)
+    fields = {v.field: v.reason for v in caught.value.violations}
+    assert fields == {"engines[1]": "string.pattern", "probe_timeout": "duration.gt_lte"}
+    assert caught.value.reason == "CONTRACT_VIOLATION"
+
+
+async def test_domain_error_maps_to_its_code_and_error_info(address: str) -> None:
+    async with LakeClient(address) as client:
+        with pytest.raises(NotFound) as caught:
+            await client.get_status(engines=["missing"])
+    assert caught.value.reason == "ENGINE_NOT_FOUND"
+    assert caught.value.metadata == {"e": "missing"}
+
+
+async def test_unexpected_exception_is_internal_without_leaking(address: str) -> None:
+    async with LakeClient(address) as client:
+        with pytest.raises(Internal) as caught:
+            await client.get_status(engines=["boom"])
+    assert "secret" not in caught.value.message
+    assert caught.value.metadata["request_id"]
+
+
+async def test_request_id_is_echoed_or_made_up(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        call = stub.GetStatus(
+            status_pb2.GetStatusRequest(), metadata=((REQUEST_ID_KEY, "req-123"),)
+        )
+        await call
+        assert (REQUEST_ID_KEY, "req-123") in tuple(await call.trailing_metadata())
+        call = stub.GetStatus(status_pb2.GetStatusRequest())
+        await call
+        made_up = dict(tuple(await call.trailing_metadata()))[REQUEST_ID_KEY]
+        assert len(made_up) == 16
+
+
+async def test_raw_status_details_are_parseable(address: str) -> None:
+    request = status_pb2.GetStatusRequest(probe_timeout=duration_pb2.Duration(seconds=-1))
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetStatus(request)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    error = error_from_rpc_error(caught.value)
+    assert isinstance(error, InvalidArgument)
+    assert [v.field for v in error.violations] == ["probe_timeout"]
