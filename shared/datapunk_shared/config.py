@@ -35,9 +35,12 @@ __all__ = [
     "RedisSettings",
     "ServiceSettings",
     "Settings",
+    "SpatialStoreSettings",
     "StackSettings",
     "StreamSettings",
+    "TimeSeriesStoreSettings",
     "TracingSettings",
+    "VectorStoreSettings",
     "config_path",
     "load_settings",
 ]
@@ -62,9 +65,36 @@ class ServiceSettings(_Strict):
     max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
 
 
+class VectorStoreSettings(_Strict):
+    """The Lake's vector store: embedded Qdrant (qdrant-edge, shards under ``path``) or a
+    Qdrant server at ``url``."""
+
+    engine: Literal["embedded", "server"] = "embedded"
+    path: Path = Path(".datapunk/lake/vectors")
+    url: str = "http://127.0.0.1:6333"
+    api_key: str = ""
+
+
+class TimeSeriesStoreSettings(_Strict):
+    """The Lake's time-series store on QuestDB (``engines.questdb``)."""
+
+    max_rows_per_write: Annotated[int, Field(ge=1, le=10_000_000)] = 1_000_000
+    max_page_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+
+class SpatialStoreSettings(_Strict):
+    """The Lake's spatial store on PostGIS (``engines.postgres``)."""
+
+    max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+
+
 class LakeSettings(ServiceSettings):
     port: Port = 50051
     metrics_port: Port = 9151
+    max_payload_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
+    vectors: VectorStoreSettings = VectorStoreSettings()
+    timeseries: TimeSeriesStoreSettings = TimeSeriesStoreSettings()
+    spatial: SpatialStoreSettings = SpatialStoreSettings()
 
 
 class StreamSettings(ServiceSettings):
