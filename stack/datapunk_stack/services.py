@@ -1,0 +1,96 @@
+"""The three Datapunk services as children of the supervisor, and the gRPC health
+check that says one is up."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from datapunk_shared.config import ServiceSettings, Settings
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from datapunk_stack.layout import Layout, StackError
+from datapunk_stack.process import Child
+
+__all__ = ["Service", "ServiceProbe", "all_services"]
+
+# Codes that mean nobody answered; any other answer (even NOT_FOUND for the empty
+# service name) comes from a live gRPC server.
+_NO_ANSWER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    settings: ServiceSettings
+
+    @property
+    def command(self) -> Path:
+        # Console scripts sit next to the interpreter in the same virtualenv.
+        return Path(sys.executable).parent / f"datapunk-{self.name}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def ports(self) -> list[tuple[str, int]]:
+        return [
+            (self.settings.host, self.settings.port),
+            (self.settings.host, self.settings.metrics_port),
+        ]
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        return [
+            (f"{self.name} grpc", self.address),
+            (
+                f"{self.name} metrics",
+                f"http://{self.settings.host}:{self.settings.metrics_port}/metrics",
+            ),
+        ]
+
+    def child(self, layout: Layout) -> Child:
+        if not self.command.exists():
+            raise StackError(
+                f"{self.name}: {self.command} does not exist; run scripts/python-env.sh "
+                "(or start with --engines-only)"
+            )
+        # cwd stays the supervisor's, so the service reads the same datapunk.toml.
+        return Child(
+            name=self.name, argv=[str(self.command)], log=layout.log(self.name), cwd=Path.cwd()
+        )
+
+    def probe(self) -> ServiceProbe:
+        return ServiceProbe(self.name, self.address)
+
+
+@dataclass(slots=True)
+class ServiceProbe:
+    """A ``grpc.health.v1.Health/Check`` for the whole server; fits the ``Probe``
+    protocol, and keeps the answer (SERVING, NOT_SERVING, ...) in ``answer``."""
+
+    name: str
+    endpoint: str
+    answer: str = field(default="", init=False)
+
+    async def check(self) -> None:
+        async with grpc.aio.insecure_channel(self.endpoint) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                response = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in _NO_ANSWER:
+                    raise ConnectionError(f"{exc.code().name}: {exc.details()}") from None
+                self.answer = exc.code().name
+                return
+            self.answer = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def all_services(settings: Settings) -> list[Service]:
+    """The services in start order: Lake and Stream before the Nexus gateway."""
+    return [
+        Service("lake", settings.lake),
+        Service("stream", settings.stream),
+        Service("nexus", settings.nexus),
+    ]
