@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Contract checks with grpcurl, a gRPC client we did not write, against the running Lake,
+# Stream and Nexus. Everything goes through server reflection (no .proto files given),
+# except one call that sends the repository's own proto/ files to prove the served
+# contract and the published one agree on the wire.
+# Addresses: LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR (defaults 127.0.0.1:50051/50052/50053).
+# Usage: contract-tests/grpcurl.sh   (needs build/tools/bin/grpcurl: scripts/install-tools.sh)
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+grpcurl="${GRPCURL:-$root/build/tools/bin/grpcurl}"
+py="$root/.venv/bin/python"
+[ -x "$py" ] || py=python3
+deps="$root/build/protodeps"
+
+failures=0
+pass() { printf '  ok    %s\n' "$1"; }
+fail() {
+  printf '  FAIL  %s\n' "$1"
+  [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/          /'
+  failures=$((failures + 1))
+}
+
+# json_get FILE EXPR: prints a value of the JSON document, EXPR in Python over `d`.
+json_get() { "$py" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+check_service() {
+  local name="$1" addr="$2" full="datapunk.$1.v1.StatusService"
+  echo "$name at $addr"
+
+  # 1. Reflection lists every expected service.
+  if ! "$grpcurl" -plaintext -connect-timeout 5 -max-time 10 "$addr" list >"$tmp/list" 2>&1; then
+    fail "$name: grpcurl list (server reflection)" "$(cat "$tmp/list")"
+    return
+  fi
+  local missing=()
+  for want in grpc.health.v1.Health "$full"; do
+    grep -qx "$want" "$tmp/list" || missing+=("$want")
+  done
+  grep -Eqx 'grpc\.reflection\.v1(alpha)?\.ServerReflection' "$tmp/list" ||
+    missing+=("grpc.reflection.v1(alpha).ServerReflection")
+  if [ ${#missing[@]} -eq 0 ]; then
+    pass "$name: list shows $(tr '\n' ' ' <"$tmp/list")"
+  else
+    fail "$name: list is missing ${missing[*]}" "$(cat "$tmp/list")"
+  fi
+
+  # 2. Reflection serves the full descriptors: the method and the request type with its
+  #    buf.validate-constrained fields.
+  if "$grpcurl" -plaintext -connect-timeout 5 -max-time 10 "$addr" describe "$full" >"$tmp/desc" 2>&1 &&
+    "$grpcurl" -plaintext -connect-timeout 5 -max-time 10 "$addr" describe "datapunk.$name.v1.GetStatusRequest" >>"$tmp/desc" 2>&1 &&
+    grep -q 'rpc GetStatus' "$tmp/desc" && grep -q 'probe_timeout' "$tmp/desc" && grep -q 'engines' "$tmp/desc"; then
+    pass "$name: describe $full and its request type"
+  else
+    fail "$name: describe through reflection" "$(cat "$tmp/desc")"
+  fi
+
+  # 3. The standard health service answers.
+  if "$grpcurl" -plaintext -connect-timeout 5 -max-time 10 "$addr" grpc.health.v1.Health/Check >"$tmp/health" 2>&1 &&
+    state="$(json_get "$tmp/health" 'd.get("status", "UNKNOWN")')" &&
+    { [ "$state" = SERVING ] || [ "$state" = NOT_SERVING ]; }; then
+    pass "$name: grpc.health.v1.Health/Check -> $state"
+  else
+    fail "$name: grpc.health.v1.Health/Check" "$(cat "$tmp/health")"
+  fi
+
+  # 4. GetStatus returns this service's status as JSON.
+  if "$grpcurl" -plaintext -connect-timeout 5 -max-time 15 -d '{}' "$addr" "$full/GetStatus" >"$tmp/status" 2>&1 &&
+    got="$(json_get "$tmp/status" 'd["status"]["service"]')" && [ "$got" = "$name" ]; then
+    pass "$name: $full/GetStatus -> service=$got state=$(json_get "$tmp/status" 'd["status"].get("state")') engines=[$(json_get "$tmp/status" '",".join(e["name"] for e in d["status"].get("engines", []))')]"
+  else
+    fail "$name: $full/GetStatus should return status.service == \"$name\"" "$(cat "$tmp/status")"
+  fi
+
+  # 5. The same call described by the repository's proto/ files instead of reflection.
+  if "$grpcurl" -plaintext -connect-timeout 5 -max-time 15 -import-path "$root/proto" -import-path "$deps" \
+    -proto "datapunk/$name/v1/status.proto" -d '{}' "$addr" "$full/GetStatus" >"$tmp/status2" 2>&1 &&
+    [ "$(json_get "$tmp/status2" 'd["status"]["service"]')" = "$name" ]; then
+    pass "$name: GetStatus through proto/datapunk/$name/v1/status.proto (no reflection)"
+  else
+    fail "$name: GetStatus through proto/ files" "$(cat "$tmp/status2")"
+  fi
+
+  # 6. Requests that break the contract's constraints are refused with InvalidArgument.
+  local body
+  for body in '{"engines":["BAD NAME"]}' '{"probe_timeout":"60s"}' '{"probe_timeout":"0s"}'; do
+    "$grpcurl" -plaintext -connect-timeout 5 -max-time 15 -d "$body" "$addr" "$full/GetStatus" >"$tmp/bad" 2>&1
+    local rc=$?
+    if [ "$rc" -ne 0 ] && grep -q 'Code: InvalidArgument' "$tmp/bad"; then
+      pass "$name: GetStatus $body -> InvalidArgument"
+    else
+      fail "$name: GetStatus $body should fail with InvalidArgument (grpcurl exit $rc)" "$(cat "$tmp/bad")"
+    fi
+  done
+}
+
+if [ ! -x "$grpcurl" ]; then
+  echo "grpcurl not found at $grpcurl; run scripts/install-tools.sh" >&2
+  exit 2
+fi
+echo "== grpcurl $("$grpcurl" -version 2>&1 | awk '{print $2}') contract checks"
+check_service lake "${LAKE_ADDR:-127.0.0.1:50051}"
+check_service stream "${STREAM_ADDR:-127.0.0.1:50052}"
+check_service nexus "${NEXUS_ADDR:-127.0.0.1:50053}"
+if [ "$failures" -ne 0 ]; then
+  echo "grpcurl: $failures check(s) FAILED"
+  exit 1
+fi
+echo "grpcurl: all checks passed"
