@@ -22,7 +22,7 @@ from types import FrameType
 from datapunk_shared.config import Settings
 from datapunk_shared.probes import Probe, run_probe
 
-from datapunk_stack.engines import Engine, all_engines
+from datapunk_stack.engines import all_engines
 from datapunk_stack.layout import Layout, StackError
 from datapunk_stack.pidfile import Lock, State, write_state
 from datapunk_stack.process import Child, tail
@@ -152,8 +152,15 @@ class Supervisor:
         for engine in self.engines:
             if engine.managed:
                 engine.prepare()
+        # The engines do not depend on each other, so they start side by side (the
+        # JVMs take most of the time) and are then waited for one by one.
+        children = {e.name: self._spawn(e.name, e.child()) for e in self.engines if e.managed}
         for engine in self.engines:
-            self._start_engine(engine)
+            if not engine.managed:
+                _say(f"waiting for {engine.name} (not managed) at {engine.probe().endpoint}")
+            self._wait(
+                engine.name, engine.readiness_probe(), children.get(engine.name), what=engine.name
+            )
         # Services are all started before any gRPC call is made in this process: gRPC
         # starts threads, and forking (for PR_SET_PDEATHSIG) is safest without them.
         started = [
@@ -162,14 +169,6 @@ class Supervisor:
         ]
         for service, child in started:
             self._wait(service.name, service.probe(), child, what=f"{service.name} service")
-
-    def _start_engine(self, engine: Engine) -> None:
-        if not engine.managed:
-            _say(f"waiting for {engine.name} (not managed) at {engine.probe().endpoint}")
-            self._wait(engine.name, engine.readiness_probe(), None, what=f"{engine.name}")
-            return
-        child = self._spawn(engine.name, engine.child())
-        self._wait(engine.name, engine.readiness_probe(), child, what=engine.name)
 
     def _spawn(self, label: str, child: Child) -> Child:
         _say(f"starting {label} (log: {child.log})")
