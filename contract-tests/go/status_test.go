@@ -101,9 +101,11 @@ func rpcContext(t *testing.T) context.Context {
 func TestContract(t *testing.T) {
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
-			t.Parallel()
 			conn := dial(t, tg)
-			t.Run("HealthCheck", func(t *testing.T) { testHealth(t, tg, conn) })
+			if !t.Run("HealthCheck", func(t *testing.T) { testHealth(t, tg, conn) }) {
+				t.Fatalf("%s at %s (%s) does not answer health checks; its other checks are skipped",
+					tg.name, tg.address(), tg.envVar)
+			}
 			t.Run("GetStatus", func(t *testing.T) { testGetStatus(t, tg, conn) })
 			t.Run("InvalidArgument", func(t *testing.T) { testInvalid(t, tg, conn) })
 		})
