@@ -51,6 +51,19 @@ done
 set +e
 echo "prepared in $(since "$start"); targets: lake=$LAKE_ADDR stream=$STREAM_ADDR nexus=$NEXUS_ADDR"
 
+# A service that has just started may not answer yet: wait up to CONTRACT_WAIT_SECONDS
+# (default 20) for each to answer over gRPC, then run the suites either way.
+wait_until=$(($(date +%s) + ${CONTRACT_WAIT_SECONDS:-20}))
+for target in "lake=$LAKE_ADDR" "stream=$STREAM_ADDR" "nexus=$NEXUS_ADDR"; do
+  until "$root/build/tools/bin/grpcurl" -plaintext -connect-timeout 2 -max-time 4 "${target#*=}" list >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$wait_until" ]; then
+      echo "warning: ${target%%=*} at ${target#*=} does not answer gRPC; its checks will fail"
+      break
+    fi
+    sleep 0.5
+  done
+done
+
 # --- suites ------------------------------------------------------------------------------
 declare -A result
 for s in "${suites[@]}"; do
