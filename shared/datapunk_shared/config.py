@@ -80,12 +80,28 @@ class TimeSeriesStoreSettings(_Strict):
 
     max_rows_per_write: Annotated[int, Field(ge=1, le=10_000_000)] = 1_000_000
     max_page_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    schema_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    """How long a series' schema is reused before QuestDB's catalog is read again (0: never
+    cached). Series created or dropped through this Lake refresh it at once."""
+    ilp_senders: Annotated[int, Field(ge=1, le=64)] = 4
+    """ILP/HTTP senders, so at most this many batches are being flushed at once."""
+    stream_max_in_flight: Annotated[int, Field(ge=1, le=16)] = 2
+    """Batches of one StreamWriteRows call that may wait for QuestDB at the same time."""
+    write_retry_timeout: Annotated[float, Field(ge=0, le=600)] = 5.0
+    """How long the ILP/HTTP client retries a flush on transient errors before the write
+    fails with UNAVAILABLE (0: no retries)."""
+    request_timeout: Seconds = 30.0
+    """The longest a query or a flush may take."""
+    pool_max: Annotated[int, Field(ge=1, le=100)] = 8
+    """PG-wire connections to QuestDB for queries and DDL."""
 
 
 class SpatialStoreSettings(_Strict):
     """The Lake's spatial store on PostGIS (``engines.postgres``)."""
 
     max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    pool_timeout: Seconds = 5.0
+    """How long a call waits for a PostgreSQL connection before it fails with UNAVAILABLE."""
 
 
 class LakeSettings(ServiceSettings):
@@ -179,7 +195,10 @@ class LogSettings(_Strict):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = True
-    access_log: bool = True
+    # "all": one line per RPC; "failures": only failed or slow RPCs (the per-line cost
+    # is measurable at thousands of calls per second); "off".
+    access_log: Literal["all", "failures", "off"] = "failures"
+    slow_call_ms: Annotated[float, Field(gt=0)] = 1000.0
 
 
 class TracingSettings(_Strict):

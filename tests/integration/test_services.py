@@ -186,7 +186,7 @@ def test_invalid_configuration_refuses_to_start_naming_the_key(tmp_path: Path) -
 async def test_metrics_count_rpcs_by_code_and_logs_carry_request_ids(tmp_path: Path) -> None:
     from datapunk.lake.v1 import status_pb2, status_pb2_grpc
 
-    with run_service("lake", tmp_path) as service:
+    with run_service("lake", tmp_path, {"DATAPUNK_LOG__ACCESS_LOG": "all"}) as service:
         async with grpc.aio.insecure_channel(service.address) as channel:
             stub = status_pb2_grpc.StatusServiceStub(channel)
             await stub.GetStatus(status_pb2.GetStatusRequest(), metadata=((REQUEST_ID_KEY, "t-1"),))
@@ -207,6 +207,24 @@ async def test_metrics_count_rpcs_by_code_and_logs_carry_request_ids(tmp_path: P
         assert access
         assert access[0]["msg"] == "rpc"
         assert access[0]["code"] == "OK"
+
+
+async def test_default_access_log_records_failures_only(tmp_path: Path) -> None:
+    from datapunk.lake.v1 import status_pb2, status_pb2_grpc
+
+    with run_service("lake", tmp_path) as service:
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            await stub.GetStatus(
+                status_pb2.GetStatusRequest(), metadata=((REQUEST_ID_KEY, "ok-1"),)
+            )
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.GetStatus(
+                    status_pb2.GetStatusRequest(engines=["X"]),
+                    metadata=((REQUEST_ID_KEY, "bad-1"),),
+                )
+        wait_until(lambda: '"bad-1"' in service.log())
+        assert '"ok-1"' not in service.log()
 
 
 async def test_tracing_is_off_by_default_and_exports_spans_when_configured(

@@ -25,11 +25,15 @@ class Servicer(status_pb2_grpc.StatusServiceServicer):
         return status_pb2.GetStatusResponse()
 
 
-@pytest.fixture
-async def address() -> AsyncIterator[str]:
-    server, port = create_server(
-        "127.0.0.1:0", interceptors=[DatapunkServerInterceptor("test", access_log=False)]
-    )
+@pytest.fixture(params=["registered", "interceptor"])
+async def address(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    # The edges work the same wrapped at registration (how services run) and as a plain
+    # grpc.aio interceptor.
+    edges = DatapunkServerInterceptor("test", access_log="off")
+    if request.param == "registered":
+        server, port = create_server("127.0.0.1:0", edges=edges)
+    else:
+        server, port = create_server("127.0.0.1:0", interceptors=[edges])
     status_pb2_grpc.add_StatusServiceServicer_to_server(Servicer(), server)
     await server.start()
     yield f"127.0.0.1:{port}"

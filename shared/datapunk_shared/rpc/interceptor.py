@@ -1,8 +1,12 @@
-"""One server interceptor that gives every RPC the same edges, in one place so the
-per-call overhead stays small: a request id (taken from ``x-request-id`` or made up,
-returned in trailing metadata and put in every log line), protovalidate checks of each
-request message, the mapping of Datapunk exceptions to a status with ``ErrorInfo``/
-``BadRequest``/``RetryInfo`` details, Prometheus metrics and an access log line."""
+"""One wrapper that gives every RPC the same edges, in one place so the per-call
+overhead stays small: a request id (taken from ``x-request-id`` or made up, returned in
+trailing metadata and put in every log line), protovalidate checks of each request
+message, the mapping of Datapunk exceptions to a status with ``ErrorInfo``/
+``BadRequest``/``RetryInfo`` details, Prometheus metrics and an access log line.
+
+It works as a ``grpc.aio.ServerInterceptor``, but services use it through
+``InstrumentedServer``, which wraps each handler once when it is registered: grpc.aio
+awaits every interceptor on every call, which costs more than the wrapping itself."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from datapunk_shared.logging import get_logger, request_id_var
 from datapunk_shared.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_TOTAL
 from datapunk_shared.rpc.status_codes import STATUS_DETAILS_KEY, status_from_error
 
-__all__ = ["REQUEST_ID_KEY", "DatapunkServerInterceptor", "violations_of"]
+__all__ = ["REQUEST_ID_KEY", "DatapunkServerInterceptor", "InstrumentedServer", "violations_of"]
 
 REQUEST_ID_KEY = "x-request-id"
 _MAX_REQUEST_ID = 128
@@ -117,7 +121,10 @@ class _Call:
         interceptor.in_flight.dec()
         interceptor.count(self.method, self.code).inc()
         interceptor.latency(self.method).observe(elapsed)
-        if interceptor.access_log:
+        if interceptor.access_log == "all" or (
+            interceptor.access_log == "failures"
+            and (self.code != "OK" or elapsed >= interceptor.slow_call_seconds)
+        ):
             log.info("rpc", method=self.method, code=self.code, ms=round(elapsed * 1000, 3))
         request_id_var.reset(self._token)
 
@@ -125,9 +132,12 @@ class _Call:
 class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler once (cached per method) with the edges described above."""
 
-    def __init__(self, service: str, *, access_log: bool = True) -> None:
+    def __init__(
+        self, service: str, *, access_log: str = "all", slow_call_seconds: float = 1.0
+    ) -> None:
         self.service = service
         self.access_log = access_log
+        self.slow_call_seconds = slow_call_seconds
         self.in_flight = RPC_IN_FLIGHT.labels(service)
         self._wrapped: dict[str, Any] = {}
         self._counters: dict[tuple[str, str], Any] = {}
@@ -161,6 +171,13 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._wrap(method, handler)
         self._wrapped[method] = wrapped
         return wrapped
+
+    def wrap(self, method: str, handler: Any) -> Any:
+        """``handler`` with the Datapunk edges around it (cached per method)."""
+        cached = self._wrapped.get(method)
+        if cached is None:
+            cached = self._wrapped[method] = self._wrap(method, handler)
+        return cached
 
     def _wrap(self, method: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
@@ -230,6 +247,50 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
         return behavior
 
 
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: Any, interceptor: DatapunkServerInterceptor) -> None:
+        self._inner = inner
+        self._interceptor = interceptor
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._interceptor.wrap(handler_call_details.method, handler)
+
+
+class InstrumentedServer:
+    """A ``grpc.aio.Server`` whose handlers get the Datapunk edges at registration.
+
+    The generated ``add_*Servicer_to_server`` functions, health and reflection register
+    through ``add_generic_rpc_handlers``/``add_registered_method_handlers``; everything
+    else is passed through to the real server."""
+
+    def __init__(self, server: grpc.aio.Server, interceptor: DatapunkServerInterceptor) -> None:
+        self._server = server
+        self._interceptor = interceptor
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGenericHandler(h, self._interceptor) for h in handlers)
+        )
+
+    def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+        wrap = self._interceptor.wrap
+        self._server.add_registered_method_handlers(
+            service_name,
+            {name: wrap(f"/{service_name}/{name}", h) for name, h in handlers.items()},
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+# Libraries choose their asyncio servicers by ``isinstance(server, grpc.aio.Server)``
+# (reflection does); the proxy must pass that check.
+grpc.aio.Server.register(InstrumentedServer)
+
+
 async def _checked(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
     """Validate each message of a client stream as it arrives (back-pressure is kept:
     nothing is read ahead)."""
@@ -239,10 +300,13 @@ async def _checked(requests: AsyncIterator[Message]) -> AsyncIterator[Message]:
 
 
 async def _responses(result: Any) -> AsyncIterator[Any]:
-    """Server-streaming handlers may be async generators or coroutines using
-    ``context.write``; treat both alike."""
+    """Server-streaming handlers may be async generators, plain generators or
+    coroutines using ``context.write``; treat them alike."""
     if inspect.isasyncgen(result):
         async for item in result:
+            yield item
+    elif inspect.isgenerator(result):
+        for item in result:
             yield item
     else:
         await result

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,7 +23,7 @@ from datapunk_shared.health import HealthMonitor, Prerequisite, ServingState
 from datapunk_shared.logging import configure_logging, get_logger
 from datapunk_shared.metrics import start_metrics_server
 from datapunk_shared.probes import build_probes
-from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor
+from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor, InstrumentedServer
 from datapunk_shared.rpc.status_messages import add_status_service
 from datapunk_shared.status import StatusProvider
 from datapunk_shared.tracing import server_tracing_interceptor
@@ -72,12 +72,14 @@ def create_server(
     address: str,
     *,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    edges: DatapunkServerInterceptor | None = None,
     max_message_bytes: int = 16 * 1024 * 1024,
 ) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server bound to ``address``; returns it and the bound port.
+    """A grpc.aio server bound to ``address``; returns it and the bound port. With
+    ``edges``, every handler registered on it is wrapped with the Datapunk edges.
 
     SO_REUSEPORT is off so that a second process cannot silently share the port."""
-    server = grpc.aio.server(
+    server: grpc.aio.Server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[
             ("grpc.so_reuseport", 0),
@@ -91,6 +93,8 @@ def create_server(
         raise PortInUse(f"cannot listen on {address}: {exc}") from None
     if port == 0:
         raise PortInUse(f"cannot listen on {address}: the port is in use")
+    if edges is not None:
+        server = cast(grpc.aio.Server, InstrumentedServer(server, edges))
     return server, port
 
 
@@ -103,10 +107,15 @@ async def serve(
     tracing = server_tracing_interceptor(spec.name, settings.tracing)
     if tracing is not None:
         interceptors.append(tracing)
-    interceptors.append(DatapunkServerInterceptor(spec.name, access_log=settings.log.access_log))
+    edges = DatapunkServerInterceptor(
+        spec.name,
+        access_log=settings.log.access_log,
+        slow_call_seconds=settings.log.slow_call_ms / 1000,
+    )
     server, port = create_server(
         f"{own.host}:{own.port}",
         interceptors=interceptors,
+        edges=edges,
         max_message_bytes=own.max_message_bytes,
     )
     try:
