@@ -73,6 +73,14 @@ class VectorStoreSettings(_Strict):
     path: Path = Path(".datapunk/lake/vectors")
     url: str = "http://127.0.0.1:6333"
     api_key: str = ""
+    timeout: Seconds = 30.0
+    """Server engine: how long one request to the Qdrant server may take."""
+    auto_optimize: bool = True
+    """Embedded engine: build the HNSW index in the background (in a child process) once a
+    collection has ``optimize_min_unindexed`` unindexed points and its writes paused for
+    ``optimize_idle_seconds``."""
+    optimize_min_unindexed: Annotated[int, Field(ge=1, le=1_000_000_000)] = 20_000
+    optimize_idle_seconds: Seconds = 2.0
 
 
 class TimeSeriesStoreSettings(_Strict):

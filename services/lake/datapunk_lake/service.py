@@ -7,6 +7,8 @@ from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.health import Prerequisite
 from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
+from datapunk_lake import vectors
+
 __all__ = ["SPEC"]
 
 
@@ -21,6 +23,7 @@ async def _setup(context: ServiceContext) -> None:
             await apply_migrations(conn, "lake", migrations)
 
     context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
+    await vectors.register(context)
 
 
 SPEC = ServiceSpec(
