@@ -1,0 +1,60 @@
+"""Opaque, stable page tokens.
+
+A token holds the sort key of the last item of a page (keyset pagination, so writes
+between pages never shift them) and a fingerprint of the query it belongs to, so that a
+token used with another query is refused instead of silently giving wrong pages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from datapunk_shared.errors import FieldViolation, InvalidArgument
+
+__all__ = ["decode_token", "encode_token", "fingerprint"]
+
+
+def fingerprint(*parts: object) -> str:
+    """A short digest of the query parameters a token is bound to."""
+    text = json.dumps(parts, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_token(query: str, position: list[Any]) -> str:
+    """A token for the page after ``position`` of the query with fingerprint ``query``."""
+    raw = json.dumps({"q": query, "p": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _invalid(description: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"invalid page_token: {description}",
+        violations=[FieldViolation("page_token", description, "INVALID_PAGE_TOKEN")],
+        reason="INVALID_PAGE_TOKEN",
+    )
+
+
+def decode_token(token: str, query: str, shape: tuple[type, ...]) -> list[Any] | None:
+    """The position in ``token`` (None for the empty token of the first page), checked to
+    belong to the query ``query`` and to have one item of each type of ``shape``."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise _invalid("not a token this service issued") from None
+    if not isinstance(value, dict) or not isinstance(value.get("p"), list):
+        raise _invalid("not a token this service issued")
+    if value.get("q") != query:
+        raise _invalid("the token belongs to another query; repeat the query's parameters")
+    position: list[Any] = value["p"]
+    if len(position) != len(shape) or not all(
+        isinstance(item, kind) and not isinstance(item, bool)
+        for item, kind in zip(position, shape, strict=True)
+    ):
+        raise _invalid("not a token this service issued")
+    return position

@@ -1,0 +1,597 @@
+"""The spatial store on PostGIS, through a psycopg 3 connection pool.
+
+Storage: one table per layer, ``lake_spatial."<layer_id>"`` (see migration 0002 for why),
+with ``id text COLLATE "C" PRIMARY KEY``, ``geom geometry(Geometry, 4326)``,
+``properties jsonb``, a GiST index on ``geom`` (intersection and bounding-box queries) and
+a GiST index on ``geom::geography`` (distances in metres: ``ST_DWithin`` and k-nearest
+``<->``). Layer ids are checked against a strict pattern and always composed as quoted
+identifiers; every value is a bound parameter.
+
+Writes: each batch is one transaction. A batch of points goes straight into the layer's
+table with binary COPY (geometries as EWKB, built in the Lake); when that meets an id that
+exists already, or the batch holds lines or polygons, the batch is copied into a temporary
+staging table instead, checked with ``ST_IsValidReason`` and merged with
+``INSERT ... ON CONFLICT (id) DO UPDATE``. Either way the batch commits whole or not at all,
+and it is acknowledged only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, LiteralString, NoReturn
+
+import psycopg
+from datapunk_shared.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from datapunk_lake.spatial.domain import (
+    DEFAULT_PAGE_SIZE,
+    Area,
+    BoundingBox,
+    Feature,
+    FeatureDistance,
+    FeatureInput,
+    FeatureRef,
+    Layer,
+    LoadAck,
+    Page,
+    Relation,
+)
+from datapunk_lake.spatial.geojson import (
+    GeoJSONError,
+    Geometry,
+    bbox_geometry,
+    parse_geometry,
+    parse_properties,
+)
+from datapunk_lake.spatial.paging import decode_token, encode_token, fingerprint
+
+__all__ = ["FEATURE_SCHEMA", "PostgisSpatialStore", "PreparedBatch", "prepare_batch"]
+
+FEATURE_SCHEMA = "lake_spatial"
+_JSONB_VERSION = b"\x01"  # binary COPY of jsonb: a version byte, then the JSON text
+_MAX_VIOLATIONS = 20
+_RETRY_AFTER = 1.0
+_GEOJSON_DIGITS = 17  # enough decimal digits to give back every double as it was written
+_STAGE = "spatial_stage"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A checked batch, ready for COPY: rows of (id, EWKB, jsonb binary)."""
+
+    rows: list[tuple[str, bytes, bytes]]
+    needs_validity_check: bool
+
+
+def _violation_error(violations: list[FieldViolation], what: str) -> InvalidArgument:
+    first = violations[0]
+    return InvalidArgument(
+        f"{what}: " + "; ".join(f"{v.field}: {v.description}" for v in violations[:3]),
+        violations=violations,
+        reason=first.reason,
+    )
+
+
+def prepare_batch(
+    features: Sequence[FeatureInput], max_properties_bytes: int, prefix: str = "features"
+) -> PreparedBatch:
+    """Check and encode a batch; raise InvalidArgument naming every bad field (up to 20)."""
+    rows: list[tuple[str, bytes, bytes]] = []
+    violations: list[FieldViolation] = []
+    check = False
+    for index, feature in enumerate(features):
+        try:
+            geometry = parse_geometry(feature.geometry)
+        except GeoJSONError as exc:
+            violations.append(
+                FieldViolation(f"{prefix}[{index}].geometry", exc.description, exc.reason)
+            )
+            geometry = None
+        try:
+            properties = parse_properties(feature.properties, max_properties_bytes)
+        except GeoJSONError as exc:
+            violations.append(
+                FieldViolation(f"{prefix}[{index}].properties", exc.description, exc.reason)
+            )
+            continue
+        if geometry is None:
+            continue
+        if len(violations) >= _MAX_VIOLATIONS:
+            break
+        check = check or geometry.needs_validity_check
+        rows.append((feature.id, geometry.ewkb, _JSONB_VERSION + properties))
+    if violations:
+        raise _violation_error(violations[:_MAX_VIOLATIONS], "invalid features")
+    return PreparedBatch(rows, check)
+
+
+def _query_geometry(text: str, field: str) -> bytes:
+    try:
+        return parse_geometry(text).ewkb
+    except GeoJSONError as exc:
+        violation = FieldViolation(field, exc.description, exc.reason)
+        raise _violation_error([violation], field) from None
+
+
+def _layer_name(layer_id: str) -> str:
+    return f"layers/{layer_id}"
+
+
+def _layer_not_found(layer_id: str) -> NotFound:
+    return NotFound(
+        f"layer {_layer_name(layer_id)} does not exist",
+        reason="LAYER_NOT_FOUND",
+        metadata={"layer": _layer_name(layer_id)},
+    )
+
+
+def _feature_not_found(layer_id: str, feature_id: str) -> NotFound:
+    name = f"{_layer_name(layer_id)}/features/{feature_id}"
+    return NotFound(
+        f"feature {name} does not exist",
+        reason="FEATURE_NOT_FOUND",
+        metadata={"layer": _layer_name(layer_id), "feature": name},
+    )
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    return Unavailable(
+        f"PostgreSQL is unavailable: {type(exc).__name__}; nothing was written by this call "
+        "unless it was acknowledged",
+        retry_after=_RETRY_AFTER,
+        reason="ENGINE_UNAVAILABLE",
+        metadata={"engine": "postgres"},
+    )
+
+
+@contextlib.contextmanager
+def _engine_errors(layer_id: str | None = None) -> Iterator[None]:
+    """Map psycopg errors to the error vocabulary. An unknown table is the layer's table
+    when ``layer_id`` is given, the store's catalog (migrations not applied yet) otherwise."""
+    try:
+        yield
+    except pg_errors.UndefinedTable:
+        if layer_id is not None:
+            raise _layer_not_found(layer_id) from None
+        raise Unavailable(
+            "the spatial store's schema is not ready yet (migrations pending)",
+            retry_after=_RETRY_AFTER,
+            reason="SCHEMA_NOT_READY",
+            metadata={"engine": "postgres"},
+        ) from None
+    except pg_errors.DataError as exc:
+        # Values the Lake let through but PostgreSQL refused (e.g. a lone UTF-16
+        # surrogate in properties): the client's input, not an engine failure.
+        message = exc.diag.message_primary or str(exc)
+        raise InvalidArgument(
+            f"PostgreSQL refused the data: {message}", reason="REJECTED_BY_ENGINE"
+        ) from None
+    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+        raise _unavailable(exc) from exc
+
+
+@functools.lru_cache(maxsize=4096)
+def _sql(template: LiteralString, layer_id: str, other: str = "") -> sql.Composed:
+    """``template`` with ``{t}`` (and ``{u}``) bound to layer tables, cached per layer."""
+    names: dict[str, Any] = {
+        "t": sql.Identifier(FEATURE_SCHEMA, layer_id),
+        "geom_index": sql.Identifier(f"{layer_id}_geom"),
+        "geog_index": sql.Identifier(f"{layer_id}_geog"),
+    }
+    if other:
+        names["u"] = sql.Identifier(FEATURE_SCHEMA, other)
+    return sql.SQL(template).format(**names)
+
+
+_FEATURE_COLUMNS = "id, ST_AsGeoJSON(geom, 17), properties::text"
+
+_CREATE_TABLE: LiteralString = """
+CREATE TABLE {t} (
+    id         text COLLATE "C" PRIMARY KEY,
+    geom       geometry(Geometry, 4326) NOT NULL,
+    properties jsonb NOT NULL DEFAULT '{{}}'::jsonb
+               CHECK (jsonb_typeof(properties) = 'object')
+);
+CREATE INDEX {geom_index} ON {t} USING gist (geom);
+CREATE INDEX {geog_index} ON {t} USING gist ((geom::geography));
+"""
+
+_GET = "SELECT " + _FEATURE_COLUMNS + " FROM {t} WHERE id = %s"
+_LIST = "SELECT " + _FEATURE_COLUMNS + " FROM {t} WHERE id > %s ORDER BY id LIMIT %s"
+_DELETE = "DELETE FROM {t} WHERE id = %s"
+_COUNT = "SELECT count(*) FROM {t}"
+_COPY = "COPY {t} (id, geom, properties) FROM STDIN (FORMAT BINARY)"
+_MERGE = """
+INSERT INTO {t} AS f (id, geom, properties)
+SELECT DISTINCT ON (id) id, geom, properties FROM pg_temp.spatial_stage ORDER BY id, ord DESC
+ON CONFLICT (id) DO UPDATE SET geom = EXCLUDED.geom, properties = EXCLUDED.properties
+"""
+# Radius: ST_DWithin on geography is rewritten by PostGIS into an index condition on the
+# geography GiST index; results are ordered by distance, then id (the page key).
+_WITHIN = """
+SELECT id, ST_AsGeoJSON(geom, 17), properties::text, d FROM (
+    SELECT id, geom, properties,
+           ST_Distance(geom::geography, ST_GeomFromEWKB(%(c)s)::geography) AS d
+    FROM {t}
+    WHERE ST_DWithin(geom::geography, ST_GeomFromEWKB(%(c)s)::geography, %(r)s)
+) s
+WHERE d > %(d)s OR (d = %(d)s AND id > %(id)s)
+ORDER BY d, id
+LIMIT %(n)s
+"""
+# k nearest: an ordered scan of the geography GiST index (<-> on geography is the
+# great-circle distance in metres) for the k nearest, in the inner query (ordering it by
+# anything more than <-> would lose the index scan); the outer query orders them by
+# (distance, id) and keeps the page after the (distance, id) of the previous page.
+_NEAREST = """
+SELECT id, ST_AsGeoJSON(geom, 17), properties::text, d FROM (
+    SELECT id, geom, properties,
+           geom::geography <-> ST_GeomFromEWKB(%(c)s)::geography AS d
+    FROM {t}
+    ORDER BY geom::geography <-> ST_GeomFromEWKB(%(c)s)::geography
+    LIMIT %(k)s
+) s
+WHERE d > %(d)s OR (d = %(d)s AND id > %(id)s)
+ORDER BY d, id
+LIMIT %(n)s
+"""
+_INTERSECTS = (
+    "SELECT "
+    + _FEATURE_COLUMNS
+    + " FROM {t} WHERE ST_Intersects(geom, ST_GeomFromEWKB(%s)) AND id > %s ORDER BY id LIMIT %s"
+)
+_WITHIN_AREA = (
+    "SELECT "
+    + _FEATURE_COLUMNS
+    + " FROM {t} WHERE ST_Within(geom, ST_GeomFromEWKB(%s)) AND id > %s ORDER BY id LIMIT %s"
+)
+_DISTANCE = """
+SELECT a IS NULL, b IS NULL, ST_Distance(a::geography, b::geography) FROM (
+    SELECT (SELECT geom FROM {t} WHERE id = %s) AS a, (SELECT geom FROM {u} WHERE id = %s) AS b
+) s
+"""
+
+
+class PostgisSpatialStore:
+    """:class:`~datapunk_lake.spatial.domain.SpatialStore` on PostGIS."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        max_page_size: int,
+        max_properties_bytes: int,
+        pool_timeout: float,
+    ) -> None:
+        self._pool = pool
+        self._max_page_size = max_page_size
+        self._max_properties_bytes = max_properties_bytes
+        self._pool_timeout = pool_timeout
+
+    async def close(self) -> None:
+        """The pool belongs to the Lake, which closes it."""
+
+    def _page_size(self, requested: int) -> int:
+        return min(requested or DEFAULT_PAGE_SIZE, self._max_page_size)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._pool.connection(timeout=self._pool_timeout) as conn:
+            yield conn
+
+    # -- layers ------------------------------------------------------------------------
+
+    async def create_layer(self, layer_id: str, description: str) -> Layer:
+        with _engine_errors():
+            async with self._connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    "INSERT INTO lake.spatial_layers (layer_id, description) VALUES (%s, %s)"
+                    " ON CONFLICT (layer_id) DO NOTHING RETURNING create_time",
+                    (layer_id, description),
+                )
+                row = await cursor.fetchone()
+                if row is None:
+                    raise _already_exists(layer_id)
+                try:
+                    await conn.execute(_sql(_CREATE_TABLE, layer_id))
+                except pg_errors.DuplicateTable:
+                    raise _already_exists(layer_id) from None
+        return Layer(layer_id, description, row[0], 0)
+
+    async def get_layer(self, layer_id: str) -> Layer:
+        with _engine_errors():
+            async with self._connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT description, create_time FROM lake.spatial_layers WHERE layer_id = %s",
+                    (layer_id,),
+                )
+                row = await cursor.fetchone()
+                if row is None:
+                    raise _layer_not_found(layer_id)
+                with _engine_errors(layer_id):
+                    count = await (await conn.execute(_sql(_COUNT, layer_id))).fetchone()
+        return Layer(layer_id, row[0], row[1], int(count[0]) if count else 0)
+
+    async def list_layers(self, page_size: int, page_token: str) -> Page[Layer]:
+        size = self._page_size(page_size)
+        query = fingerprint("layers")
+        position = decode_token(page_token, query, (str,))
+        after = position[0] if position else ""
+        with _engine_errors():
+            async with self._connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT layer_id, description, create_time FROM lake.spatial_layers"
+                    " WHERE layer_id > %s ORDER BY layer_id LIMIT %s",
+                    (after, size + 1),
+                )
+                rows = await cursor.fetchall()
+        layers = [Layer(r[0], r[1], r[2]) for r in rows[:size]]
+        token = encode_token(query, [layers[-1].layer_id]) if len(rows) > size else ""
+        return Page(layers, token)
+
+    async def delete_layer(self, layer_id: str) -> None:
+        with _engine_errors():
+            async with self._connection() as conn, conn.transaction():
+                cursor = await conn.execute(
+                    "DELETE FROM lake.spatial_layers WHERE layer_id = %s", (layer_id,)
+                )
+                if cursor.rowcount == 0:
+                    raise _layer_not_found(layer_id)
+                await conn.execute(_sql("DROP TABLE IF EXISTS {t}", layer_id))
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def upsert_features(self, layer_id: str, features: Sequence[FeatureInput]) -> int:
+        batch = prepare_batch(features, self._max_properties_bytes)
+        with _engine_errors(layer_id):
+            async with self._connection() as conn:
+                return await _write_batch(conn, layer_id, batch, "features")
+
+    async def load_features(
+        self, layer_id: str, batches: AsyncIterator[Sequence[FeatureInput]]
+    ) -> AsyncIterator[LoadAck]:
+        """Batches are parsed one ahead of the batch being written (a queue of one), so
+        the Lake's parsing overlaps PostgreSQL's writing, and a bad batch surfaces only
+        after every batch before it was written and acknowledged."""
+        queue: asyncio.Queue[PreparedBatch | BaseException | None] = asyncio.Queue(maxsize=1)
+
+        async def produce() -> None:
+            try:
+                index = 0
+                async for features in batches:
+                    try:
+                        prepared = prepare_batch(features, self._max_properties_bytes)
+                    except InvalidArgument as exc:
+                        exc.metadata["batch_index"] = str(index)
+                        raise
+                    await queue.put(prepared)
+                    index += 1
+                await queue.put(None)
+            except Exception as exc:  # delivered in order, after the batches before it
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce())
+        total = 0
+        try:
+            with _engine_errors(layer_id):
+                async with self._connection() as conn:
+                    index = 0
+                    while True:
+                        item = await queue.get()
+                        if item is None:
+                            break
+                        if isinstance(item, BaseException):
+                            raise item
+                        try:
+                            written = await _write_batch(conn, layer_id, item, "features")
+                        except InvalidArgument as exc:
+                            exc.metadata["batch_index"] = str(index)
+                            raise
+                        total += written
+                        yield LoadAck(index, written, total)
+                        index += 1
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def delete_feature(self, layer_id: str, feature_id: str) -> None:
+        with _engine_errors(layer_id):
+            async with self._connection() as conn:
+                cursor = await conn.execute(_sql(_DELETE, layer_id), (feature_id,))
+        if cursor.rowcount == 0:
+            raise _feature_not_found(layer_id, feature_id)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get_feature(self, layer_id: str, feature_id: str) -> Feature:
+        rows = await self._fetch(layer_id, _sql(_GET, layer_id), (feature_id,))
+        if not rows:
+            raise _feature_not_found(layer_id, feature_id)
+        return Feature(*rows[0])
+
+    async def list_features(self, layer_id: str, page_size: int, page_token: str) -> Page[Feature]:
+        size = self._page_size(page_size)
+        query = fingerprint("features", layer_id)
+        position = decode_token(page_token, query, (str,))
+        after = position[0] if position else ""
+        rows = await self._fetch(layer_id, _sql(_LIST, layer_id), (after, size + 1))
+        features = [Feature(*row) for row in rows[:size]]
+        token = encode_token(query, [features[-1].id]) if len(rows) > size else ""
+        return Page(features, token)
+
+    async def search_within_distance(
+        self,
+        layer_id: str,
+        geometry: str,
+        distance_meters: float,
+        page_size: int,
+        page_token: str,
+    ) -> Page[FeatureDistance]:
+        center = _query_geometry(geometry, "geometry")
+        size = self._page_size(page_size)
+        query = fingerprint("within", layer_id, center.hex(), distance_meters)
+        position = decode_token(page_token, query, (float, str))
+        after_d, after_id = position if position else (-1.0, "")
+        params = {"c": center, "r": distance_meters, "d": after_d, "id": after_id, "n": size + 1}
+        rows = await self._fetch(layer_id, _sql(_WITHIN, layer_id), params)
+        return _distance_page(rows, size, query, None)
+
+    async def search_nearest(
+        self, layer_id: str, geometry: str, limit: int, page_size: int, page_token: str
+    ) -> Page[FeatureDistance]:
+        center = _query_geometry(geometry, "geometry")
+        query = fingerprint("nearest", layer_id, center.hex(), limit)
+        position = decode_token(page_token, query, (float, str, int))
+        returned = position[2] if position else 0
+        size = min(self._page_size(page_size or limit), limit - returned)
+        if size <= 0:
+            return Page([], "")
+        after_d, after_id = (position[0], position[1]) if position else (-1.0, "")
+        params = {"c": center, "k": limit, "d": after_d, "id": after_id, "n": size + 1}
+        rows = await self._fetch(layer_id, _sql(_NEAREST, layer_id), params)
+        return _distance_page(rows, size, query, returned, more=returned + size < limit)
+
+    async def search_intersecting(
+        self, layer_id: str, area: Area, relation: Relation, page_size: int, page_token: str
+    ) -> Page[Feature]:
+        if isinstance(area, BoundingBox):
+            shape: Geometry = bbox_geometry(area.west, area.south, area.east, area.north)
+            ewkb = shape.ewkb
+        else:
+            ewkb = _query_geometry(area, "geometry")
+        size = self._page_size(page_size)
+        query = fingerprint("intersecting", layer_id, ewkb.hex(), relation.value)
+        position = decode_token(page_token, query, (str,))
+        after = position[0] if position else ""
+        template = _INTERSECTS if relation is Relation.INTERSECTS else _WITHIN_AREA
+        rows = await self._fetch(layer_id, _sql(template, layer_id), (ewkb, after, size + 1))
+        features = [Feature(*row) for row in rows[:size]]
+        token = encode_token(query, [features[-1].id]) if len(rows) > size else ""
+        return Page(features, token)
+
+    async def compute_distance(self, first: FeatureRef, second: FeatureRef) -> float:
+        statement = _sql(_DISTANCE, first.layer_id, second.layer_id)
+        try:
+            rows = await self._fetch(
+                first.layer_id, statement, (first.feature_id, second.feature_id)
+            )
+        except NotFound:
+            # Which of the two layers is missing?
+            await self.get_layer(first.layer_id)
+            await self.get_layer(second.layer_id)
+            raise
+        first_missing, second_missing, distance = rows[0]
+        if first_missing:
+            raise _feature_not_found(first.layer_id, first.feature_id)
+        if second_missing:
+            raise _feature_not_found(second.layer_id, second.feature_id)
+        return float(distance)
+
+    async def _fetch(self, layer_id: str, statement: sql.Composed, params: Any) -> list[Any]:
+        with _engine_errors(layer_id):
+            async with self._connection() as conn:
+                cursor = await conn.execute(statement, params)
+                return await cursor.fetchall()
+
+
+def _already_exists(layer_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"layer {_layer_name(layer_id)} exists already",
+        reason="LAYER_ALREADY_EXISTS",
+        metadata={"layer": _layer_name(layer_id)},
+    )
+
+
+def _distance_page(
+    rows: list[Any], size: int, query: str, returned: int | None, *, more: bool = True
+) -> Page[FeatureDistance]:
+    """A page of (id, geometry, properties, distance) rows. ``returned`` (k-nearest only)
+    counts the results of earlier pages and goes into the token; ``more`` is False when
+    no page may follow whatever the rows say."""
+    items = [FeatureDistance(Feature(r[0], r[1], r[2]), float(r[3])) for r in rows[:size]]
+    token = ""
+    if more and len(rows) > size and items:
+        last = items[-1]
+        position: list[Any] = [last.distance_meters, last.feature.id]
+        if returned is not None:
+            position.append(returned + len(items))
+        token = encode_token(query, position)
+    return Page(items, token)
+
+
+async def _write_batch(
+    conn: psycopg.AsyncConnection[Any], layer_id: str, batch: PreparedBatch, prefix: str
+) -> int:
+    """Write ``batch`` in one transaction; return the number of distinct ids written."""
+    async with conn.transaction():
+        if not batch.needs_validity_check:
+            try:
+                async with conn.transaction():  # a savepoint: fall back to the merge below
+                    await _copy(conn, _sql(_COPY, layer_id), batch.rows, staged=False)
+                return len(batch.rows)
+            except pg_errors.UniqueViolation:
+                pass  # an id exists already or repeats in the batch: merge instead
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS spatial_stage ("
+            ' ord integer, id text COLLATE "C", geom geometry, properties jsonb'
+            ") ON COMMIT DELETE ROWS"
+        )
+        await _copy(
+            conn,
+            sql.SQL("COPY pg_temp.spatial_stage FROM STDIN (FORMAT BINARY)"),
+            batch.rows,
+            staged=True,
+        )
+        if batch.needs_validity_check:
+            cursor = await conn.execute(
+                "SELECT ord, ST_IsValidReason(geom) FROM pg_temp.spatial_stage"
+                " WHERE NOT ST_IsValid(geom) ORDER BY ord LIMIT %s",
+                (_MAX_VIOLATIONS,),
+            )
+            invalid = await cursor.fetchall()
+            if invalid:
+                _raise_invalid_geometries(invalid, prefix)
+        cursor = await conn.execute(_sql(_MERGE, layer_id))
+        return cursor.rowcount
+
+
+def _raise_invalid_geometries(invalid: list[Any], prefix: str) -> NoReturn:
+    violations = [
+        FieldViolation(
+            f"{prefix}[{ordinal}].geometry", f"invalid geometry: {reason}", "INVALID_GEOMETRY"
+        )
+        for ordinal, reason in invalid
+    ]
+    raise _violation_error(violations, "invalid geometries")
+
+
+async def _copy(
+    conn: psycopg.AsyncConnection[Any],
+    statement: sql.Composed | sql.SQL,
+    rows: list[tuple[str, bytes, bytes]],
+    *,
+    staged: bool,
+) -> None:
+    async with conn.cursor().copy(statement) as copy:
+        if staged:
+            copy.set_types(["int4", "text", "bytea", "bytea"])
+            for ordinal, row in enumerate(rows):
+                await copy.write_row((ordinal, *row))
+        else:
+            copy.set_types(["text", "bytea", "bytea"])
+            for row in rows:
+                await copy.write_row(row)
