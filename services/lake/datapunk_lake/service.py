@@ -7,7 +7,7 @@ from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.health import Prerequisite
 from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
-from datapunk_lake import spatial, vectors
+from datapunk_lake import spatial, timeseries, vectors
 
 __all__ = ["SPEC"]
 
@@ -24,6 +24,7 @@ async def _setup(context: ServiceContext) -> None:
 
     context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
     spatial.register(context, pool)
+    await timeseries.register(context)
     await vectors.register(context)
 
 
