@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import qdrant_edge as qe
 
 from datapunk_lake.vectors.domain import (
@@ -88,6 +89,9 @@ def edge_config(config: CollectionConfig) -> qe.EdgeConfig:
             full_scan_threshold=config.hnsw.full_scan_threshold_kb,
         ),
         quantization_config=quantization,
+        # Segments smaller than the full-scan threshold are searched exactly anyway, so
+        # they are not worth an HNSW graph either.
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=config.hnsw.full_scan_threshold_kb),
     )
 
 
@@ -103,7 +107,13 @@ def _field(condition: FieldCondition) -> Any:
     p = condition.predicate
     key = condition.key
     if isinstance(p, Match):
-        return qe.FieldCondition(key, match=qe.MatchValue(p.value))
+        value: Any = p.value
+        if isinstance(value, bool):
+            # qdrant-edge-py 0.9 reads a Python bool as the integer 1/0 (bool subclasses
+            # int), which never matches a stored boolean; numpy's bool is not an int, so
+            # it arrives as a boolean.
+            value = np.bool_(value)
+        return qe.FieldCondition(key, match=qe.MatchValue(value))
     if isinstance(p, MatchAny):
         return qe.FieldCondition(key, match=qe.MatchAny(list(p.values)))  # type: ignore[arg-type]
     if isinstance(p, NumberRange):
