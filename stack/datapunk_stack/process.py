@@ -67,6 +67,7 @@ def run_once(
     """Runs a one-time command (initdb, a storage format) to completion, its output
     appended to ``log``; returns its exit code."""
     user, group, extra_groups = _ids(run_as)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"\n--- {time.strftime('%F %T')} $ {' '.join(argv)}\n".encode())
         out.flush()

@@ -144,6 +144,7 @@ class Supervisor:
     # --- start ------------------------------------------------------------------------
 
     def _start_all(self) -> None:
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
         owners = [(e.name, h, p) for e in self.engines if e.managed for (h, p) in e.ports()]
         owners += [(s.name, h, p) for s in self.services for (h, p) in s.ports()]
         check_ports(owners)

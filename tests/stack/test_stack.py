@@ -230,3 +230,22 @@ def test_a_missing_unmanaged_engine_is_named(stack_dir: StackDir) -> None:
         line = next(line for line in status.stdout.splitlines() if line.startswith(name))
         assert "external engine" in line
         assert "DOWN" in line
+
+
+def test_ctrl_c_while_starting_from_an_empty_dir_stops_everything(stack_dir: StackDir) -> None:
+    proc = stack_dir.popen("up", "--engines-only")
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "postgres ready" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "datapunk: stopped" in out
+    for name in ("postgres", "questdb_pg", "kafka", "mqtt", "redis"):
+        assert not port_open(stack_dir.ports[name]), name
