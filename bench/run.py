@@ -24,6 +24,7 @@ from bench.common import Result, format_table, write_result
 BENCHMARKS: dict[str, str] = {
     "service_overhead": "bench.service_overhead",
     "timeseries": "bench.timeseries",
+    "spatial": "bench.spatial",
 }
 
 

@@ -45,8 +45,11 @@ def pg_url() -> str:
 
 
 def _lake_env(pg_url: str) -> dict[str, str]:
+    questdb = load_settings().engines.questdb
     return {
         "DATAPUNK_ENGINES__POSTGRES__URL": pg_url,
+        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": questdb.http_url,
+        "DATAPUNK_ENGINES__QUESTDB__PG_URL": questdb.pg_url,
         "DATAPUNK_LAKE__MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
     }
 

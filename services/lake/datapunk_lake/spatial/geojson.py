@@ -68,8 +68,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_WHITESPACE = " \t\n\r"
+
+
 def _loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    """Strict JSON (no NaN or Infinity) with one shared decoder: ``json.loads`` with a
+    keyword argument builds a new decoder on every call, which costs more than parsing a
+    point."""
+    stripped = text.strip(_WHITESPACE)
+    value, end = _DECODER.raw_decode(stripped)
+    if end != len(stripped):
+        raise ValueError(f"extra data after the JSON value (character {end})")
+    return value
 
 
 def _xy(position: Any) -> tuple[float, float]:

@@ -292,6 +292,18 @@ class PostgisSpatialStore:
         async with self._pool.connection(timeout=self._pool_timeout) as conn:
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def _read_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection in autocommit mode while it is lent to a read: a single SELECT
+        needs no BEGIN/COMMIT, which saves the COMMIT round trip the pool would make when
+        it takes the connection back. The pool's own mode is restored before that."""
+        async with self._pool.connection(timeout=self._pool_timeout) as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            finally:
+                await conn.set_autocommit(False)
+
     # -- layers ------------------------------------------------------------------------
 
     async def create_layer(self, layer_id: str, description: str) -> Layer:
@@ -313,7 +325,7 @@ class PostgisSpatialStore:
 
     async def get_layer(self, layer_id: str) -> Layer:
         with _engine_errors():
-            async with self._connection() as conn:
+            async with self._read_connection() as conn:
                 cursor = await conn.execute(
                     "SELECT description, create_time FROM lake.spatial_layers WHERE layer_id = %s",
                     (layer_id,),
@@ -331,7 +343,7 @@ class PostgisSpatialStore:
         position = decode_token(page_token, query, (str,))
         after = position[0] if position else ""
         with _engine_errors():
-            async with self._connection() as conn:
+            async with self._read_connection() as conn:
                 cursor = await conn.execute(
                     "SELECT layer_id, description, create_time FROM lake.spatial_layers"
                     " WHERE layer_id > %s ORDER BY layer_id LIMIT %s",
@@ -503,7 +515,7 @@ class PostgisSpatialStore:
 
     async def _fetch(self, layer_id: str, statement: sql.Composed, params: Any) -> list[Any]:
         with _engine_errors(layer_id):
-            async with self._connection() as conn:
+            async with self._read_connection() as conn:
                 cursor = await conn.execute(statement, params)
                 return await cursor.fetchall()
 

@@ -172,8 +172,9 @@ class SpatialServiceServicer:
         Lake; a batch without a response may or may not have been written, and sending it
         again is safe because writes are idempotent by feature id.
 
-        Back-pressure: the Lake reads at most one batch ahead of the one it is writing, so a
-        client that sends faster than PostgreSQL writes is slowed down by gRPC flow control.
+        Back-pressure: the Lake checks the next batch while PostgreSQL writes the current one
+        and reads no further ahead than that (at most two batches are held), so a client that
+        sends faster than PostgreSQL writes is slowed down by gRPC flow control.
         The first invalid batch ends the stream with its error; batches acknowledged before it
         stay written.
         """

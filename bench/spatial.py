@@ -1,0 +1,419 @@
+"""The Lake's SpatialService against raw psycopg on the same PostgreSQL + PostGIS, same
+data, same run.
+
+* **Bulk load**: N points (1,000,000; 100,000 with ``--quick``), uniformly spread over a
+  10 x 10 degree box, each with a small properties object. *lake*: a ``LoadFeatures``
+  stream of GeoJSON features (batches of 5,000, each committed before its ack) into a
+  layer created through the Lake. *raw*: one binary ``COPY`` with psycopg of the same
+  points, the geometry already packed as EWKB by the client (the cheapest thing a psycopg
+  user can send, no GeoJSON parsing at all), into a layer table of the very same shape
+  (created through the Lake too: same primary key, same two GiST indexes). Rate = points
+  per second from first byte to commit.
+* **Radius** (2 km, about 14 results) and **k nearest** (k = 10) at the same random
+  centres, one call in flight: *lake* is a gRPC call to ``SearchWithinDistance`` /
+  ``SearchNearest``; *raw* is the natural SQL for the same answer
+  (``ST_DWithin`` on geography ordered by ``ST_Distance``; ``ORDER BY geog <-> centre
+  LIMIT 10``) over one psycopg connection (prepared after five runs). Rounds alternate
+  which side goes first; the p50 difference is taken per round and the median reported.
+* **Plans**: ``EXPLAIN`` of the SQL the Lake runs and of the raw SQL must show the layer's
+  geography GiST index.
+
+Bars (issue 3): lake/raw load rate >= 0.8; radius and k-nearest p50 <= raw p50 + 0.5 ms;
+every plan uses the GiST index.
+
+Uses ``engines.postgres.url`` from the configuration (``DATAPUNK_ENGINES__POSTGRES__URL``
+to point it elsewhere); starts its own ``datapunk-lake`` on free ports."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python bench/spatial.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc
+import psycopg
+from datapunk.lake.v1 import spatial_pb2
+from datapunk.lake.v1 import spatial_pb2_grpc as _spatial_grpc
+from datapunk_lake.spatial.postgis import _NEAREST, _WITHIN, _sql
+from datapunk_shared.config import load_settings
+from psycopg import sql
+
+from bench.common import (
+    REPO_ROOT,
+    Bar,
+    Result,
+    format_table,
+    free_port,
+    stop_process,
+    summarize_latencies,
+    wait_until,
+    write_result,
+)
+
+__all__ = ["DESCRIPTION", "NAME", "run"]
+
+# The generated gRPC stubs are untyped; use them through Any.
+spatial_pb2_grpc: Any = _spatial_grpc
+
+NAME = "spatial"
+DESCRIPTION = "SpatialService (bulk load, radius, k nearest) vs raw psycopg COPY/SQL on PostGIS"
+
+LAKE_BIN = Path(sys.executable).parent / "datapunk-lake"
+BATCH = 5_000
+RADIUS_M = 2_000.0
+K = 10
+BOX = (0.0, 40.0, 10.0, 50.0)  # west, south, east, north
+LOAD_RATIO_BAR = 0.8
+P50_OVERHEAD_BAR_US = 500.0
+
+_POINT = struct.Struct("<BIIdd")
+_RAW_WITHIN = """
+SELECT id, ST_AsGeoJSON(geom, 17), properties::text,
+       ST_Distance(geom::geography, ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), 4326)::geography) AS d
+FROM {t}
+WHERE ST_DWithin(geom::geography, ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), 4326)::geography, %(r)s)
+ORDER BY d
+"""
+_RAW_NEAREST = """
+SELECT id, ST_AsGeoJSON(geom, 17), properties::text,
+       geom::geography <-> ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), 4326)::geography AS d
+FROM {t}
+ORDER BY geom::geography <-> ST_SetSRID(ST_MakePoint(%(x)s, %(y)s), 4326)::geography
+LIMIT %(k)s
+"""
+
+
+def _points(count: int, seed: int = 7) -> list[tuple[str, float, float, str]]:
+    rnd = random.Random(seed)
+    west, south, east, north = BOX
+    return [
+        (
+            f"p{i:07d}",
+            rnd.uniform(west, east),
+            rnd.uniform(south, north),
+            f'{{"n": {i}, "kind": "{"abc"[i % 3]}"}}',
+        )
+        for i in range(count)
+    ]
+
+
+@contextmanager
+def _lake(pg_url: str, workdir: Path) -> Iterator[str]:
+    questdb = load_settings().engines.questdb
+    port, metrics_port = free_port(), free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
+    env.update(
+        {
+            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
+            "DATAPUNK_LAKE__PORT": str(port),
+            "DATAPUNK_LAKE__METRICS_PORT": str(metrics_port),
+            "DATAPUNK_LAKE__VECTORS__PATH": str(workdir / "vectors"),
+            "DATAPUNK_ENGINES__POSTGRES__URL": pg_url,
+            "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": questdb.http_url,
+            "DATAPUNK_ENGINES__QUESTDB__PG_URL": questdb.pg_url,
+        }
+    )
+    with (workdir / "lake.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(LAKE_BIN)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
+    address = f"127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"datapunk-lake exited; see {workdir / 'lake.log'}")
+            with grpc.insecure_channel(address) as channel:
+                stub = spatial_pb2_grpc.SpatialServiceStub(channel)
+                try:
+                    stub.ListLayers(spatial_pb2.ListLayersRequest(page_size=1), timeout=2)
+                except grpc.RpcError:
+                    return False
+                return True
+
+        wait_until(ready, timeout=60, what="the Lake's spatial store")
+        yield address
+    finally:
+        stop_process(process)
+
+
+async def _requests(
+    parent: str, points: list[tuple[str, float, float, str]], geojson: list[str]
+) -> AsyncIterator[spatial_pb2.LoadFeaturesRequest]:
+    for start in range(0, len(points), BATCH):
+        chunk = points[start : start + BATCH]
+        yield spatial_pb2.LoadFeaturesRequest(
+            parent=parent,
+            features=[
+                spatial_pb2.Feature(id=p[0], geometry=g, properties=p[3])
+                for p, g in zip(chunk, geojson[start : start + BATCH], strict=True)
+            ],
+        )
+
+
+async def _load_lake(stub: Any, parent: str, points: list[Any], geojson: list[str]) -> float:
+    started = time.perf_counter()
+    total = 0
+    async for ack in stub.LoadFeatures(_requests(parent, points, geojson)):
+        total = ack.total_written_count
+    elapsed = time.perf_counter() - started
+    assert total == len(points), (total, len(points))
+    return elapsed
+
+
+async def _load_raw(pg_url: str, layer_id: str, points: list[Any]) -> float:
+    pack = _POINT.pack
+    flag = 1 | 0x20000000
+    statement = _sql("COPY {t} (id, geom, properties) FROM STDIN (FORMAT BINARY)", layer_id)
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn:
+        started = time.perf_counter()
+        async with conn.transaction(), conn.cursor().copy(statement) as copy:
+            copy.set_types(["text", "bytea", "bytea"])
+            for fid, x, y, props in points:
+                await copy.write_row((fid, pack(1, flag, 4326, x, y), b"\x01" + props.encode()))
+        return time.perf_counter() - started
+
+
+async def _explain(conn: psycopg.AsyncConnection[Any], statement: Any, params: Any) -> str:
+    cursor = await conn.execute(sql.SQL("EXPLAIN ") + statement, params)
+    return "\n".join(row[0] for row in await cursor.fetchall())
+
+
+async def _latencies(
+    stub: Any,
+    conn: psycopg.AsyncConnection[Any],
+    layer_id: str,
+    centres: list[tuple[float, float]],
+    rounds: int,
+) -> dict[str, Any]:
+    parent = f"layers/{layer_id}"
+    raw_within = _sql(_RAW_WITHIN, layer_id)
+    raw_nearest = _sql(_RAW_NEAREST, layer_id)
+    out: dict[str, Any] = {}
+    for kind in ("radius", "knn"):
+
+        async def lake_once(x: float, y: float, kind: str = kind) -> int:
+            geometry = f'{{"type":"Point","coordinates":[{x!r},{y!r}]}}'
+            if kind == "radius":
+                response = await stub.SearchWithinDistance(
+                    spatial_pb2.SearchWithinDistanceRequest(
+                        parent=parent, geometry=geometry, distance_meters=RADIUS_M
+                    )
+                )
+            else:
+                response = await stub.SearchNearest(
+                    spatial_pb2.SearchNearestRequest(parent=parent, geometry=geometry, limit=K)
+                )
+            return len(response.results)
+
+        async def raw_once(x: float, y: float, kind: str = kind) -> int:
+            if kind == "radius":
+                cursor = await conn.execute(raw_within, {"x": x, "y": y, "r": RADIUS_M})
+            else:
+                cursor = await conn.execute(raw_nearest, {"x": x, "y": y, "k": K})
+            return len(await cursor.fetchall())
+
+        per_round: list[dict[str, Any]] = []
+        all_times: dict[str, list[float]] = {"lake": [], "raw": []}
+        results: dict[str, list[int]] = {"lake": [], "raw": []}
+        for rnd in range(rounds):
+            order = ("lake", "raw") if rnd % 2 == 0 else ("raw", "lake")
+            times: dict[str, list[float]] = {"lake": [], "raw": []}
+            for side in order:
+                once = lake_once if side == "lake" else raw_once
+                for x, y in centres[:20]:  # warm-up
+                    await once(x, y)
+                for x, y in centres:
+                    started = time.perf_counter()
+                    results[side].append(await once(x, y))
+                    times[side].append(time.perf_counter() - started)
+            lake_p50 = summarize_latencies(times["lake"])["p50_us"]
+            raw_p50 = summarize_latencies(times["raw"])["p50_us"]
+            per_round.append({"lake_p50_us": lake_p50, "raw_p50_us": raw_p50})
+            all_times["lake"].extend(times["lake"])
+            all_times["raw"].extend(times["raw"])
+        out[kind] = {
+            "rounds": per_round,
+            "p50_overhead_us": statistics.median(
+                r["lake_p50_us"] - r["raw_p50_us"] for r in per_round
+            ),
+            "lake": summarize_latencies(all_times["lake"]),
+            "raw": summarize_latencies(all_times["raw"]),
+            "mean_results": {side: statistics.mean(v) for side, v in results.items()},
+            "same_result_counts": results["lake"] == results["raw"],
+        }
+    return out
+
+
+async def _run(quick: bool) -> Result:
+    count = 100_000 if quick else 1_000_000
+    queries = 300 if quick else 1_000
+    rounds = 3
+    settings = load_settings()
+    pg_url = settings.engines.postgres.url
+    points = _points(count)
+    geojson = [f'{{"type":"Point","coordinates":[{x!r},{y!r}]}}' for _, x, y, _ in points]
+    rnd = random.Random(11)
+    west, south, east, north = BOX
+    centres = [
+        (rnd.uniform(west + 0.1, east - 0.1), rnd.uniform(south + 0.1, north - 0.1))
+        for _ in range(queries)
+    ]
+    tag = uuid.uuid4().hex[:8]
+    lake_layer, raw_layer = f"bench_lake_{tag}", f"bench_raw_{tag}"
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-spatial-") as tmp,
+        _lake(pg_url, Path(tmp)) as address,
+    ):
+        async with grpc.aio.insecure_channel(
+            address,
+            options=[("grpc.max_send_message_length", 64 << 20)],
+        ) as channel:
+            stub = spatial_pb2_grpc.SpatialServiceStub(channel)
+            for layer_id in (lake_layer, raw_layer):
+                await stub.CreateLayer(spatial_pb2.CreateLayerRequest(layer_id=layer_id))
+            try:
+                print(f"  loading {count:,} points through the Lake ...", flush=True)
+                lake_seconds = await _load_lake(stub, f"layers/{lake_layer}", points, geojson)
+                print(f"  loading {count:,} points with raw COPY ...", flush=True)
+                raw_seconds = await _load_raw(pg_url, raw_layer, points)
+                async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+                    for layer_id in (lake_layer, raw_layer):
+                        await conn.execute(_sql("ANALYZE {t}", layer_id))
+                    x, y = centres[0]
+                    centre = _POINT.pack(1, 1 | 0x20000000, 4326, x, y)
+                    plans = {
+                        "lake radius": await _explain(
+                            conn,
+                            _sql(_WITHIN, lake_layer),
+                            {"c": centre, "r": RADIUS_M, "d": -1.0, "id": "", "n": 101},
+                        ),
+                        "lake knn": await _explain(
+                            conn,
+                            _sql(_NEAREST, lake_layer),
+                            {"c": centre, "k": K, "d": -1.0, "id": "", "n": K + 1},
+                        ),
+                        "raw radius": await _explain(
+                            conn, _sql(_RAW_WITHIN, lake_layer), {"x": x, "y": y, "r": RADIUS_M}
+                        ),
+                        "raw knn": await _explain(
+                            conn, _sql(_RAW_NEAREST, lake_layer), {"x": x, "y": y, "k": K}
+                        ),
+                    }
+                    print(
+                        f"  {queries} radius and k-nearest queries x {rounds} rounds ...",
+                        flush=True,
+                    )
+                    latency = await _latencies(stub, conn, lake_layer, centres, rounds)
+            finally:
+                for layer_id in (lake_layer, raw_layer):
+                    await stub.DeleteLayer(
+                        spatial_pb2.DeleteLayerRequest(name=f"layers/{layer_id}")
+                    )
+
+    lake_rate, raw_rate = count / lake_seconds, count / raw_seconds
+    index_used = {
+        name: f"Index Scan using {lake_layer}_geog" in plan for name, plan in plans.items()
+    }
+    rows: list[list[Any]] = [
+        ["bulk load", "points/s", lake_rate, raw_rate, lake_rate / raw_rate],
+    ]
+    for kind in ("radius", "knn"):
+        data = latency[kind]
+        rows.append(
+            [
+                f"{kind} p50",
+                "us",
+                data["lake"]["p50_us"],
+                data["raw"]["p50_us"],
+                data["p50_overhead_us"],
+            ]
+        )
+        rows.append([f"{kind} p99", "us", data["lake"]["p99_us"], data["raw"]["p99_us"], ""])
+    bars = [
+        Bar(
+            "bulk load: lake/raw points per second", lake_rate / raw_rate, LOAD_RATIO_BAR, ">=", "x"
+        ),
+        Bar(
+            "radius p50: lake - raw",
+            latency["radius"]["p50_overhead_us"],
+            P50_OVERHEAD_BAR_US,
+            "<=",
+            " us",
+        ),
+        Bar(
+            "k-nearest p50: lake - raw",
+            latency["knn"]["p50_overhead_us"],
+            P50_OVERHEAD_BAR_US,
+            "<=",
+            " us",
+        ),
+        Bar(
+            "plans using the geography GiST index",
+            float(sum(index_used.values())),
+            float(len(index_used)),
+            ">=",
+        ),
+    ]
+    return Result(
+        name=NAME,
+        description=DESCRIPTION,
+        columns=["measure", "unit", "lake", "raw", "lake/raw or lake-raw (p50)"],
+        rows=rows,
+        bars=bars,
+        details={
+            "points": count,
+            "batch": BATCH,
+            "queries_per_round": queries,
+            "rounds": rounds,
+            "radius_m": RADIUS_M,
+            "k": K,
+            "load_seconds": {"lake": lake_seconds, "raw": raw_seconds},
+            "latency": latency,
+            "plans": plans,
+            "index_used": index_used,
+        },
+        notes=[
+            "raw load: one binary COPY of client-packed EWKB in one transaction; lake load: "
+            f"GeoJSON text parsed by the Lake, batches of {BATCH} each committed before its ack",
+            "p50 difference: median over rounds of (lake p50 - raw p50); raw queries return "
+            "the same columns (GeoJSON, properties, distance) over one psycopg connection",
+        ],
+    )
+
+
+def run(quick: bool = False) -> Result:
+    """Run the benchmark (``quick``: 100k points, fewer queries)."""
+    return asyncio.run(_run(quick))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--quick", action="store_true", help="100k points, 300 queries a round")
+    args = parser.parse_args()
+    result = run(quick=args.quick)
+    print(format_table(result.columns, result.rows))
+    for bar in result.bars:
+        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"wrote {write_result(result)}")
+
+
+if __name__ == "__main__":
+    main()
