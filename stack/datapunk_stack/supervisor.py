@@ -35,8 +35,10 @@ _RESTART_LIMIT = 3
 _RESTART_MIN_UPTIME = 30.0  # a child that dies sooner is broken, not unlucky
 
 
-class _StopRequested(Exception):
-    pass
+class _StopRequested(BaseException):
+    """Raised by the signal handler wherever the main thread is. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way (``run_probe`` turns
+    every Exception into a failed probe) can swallow it."""
 
 
 @dataclass(slots=True)

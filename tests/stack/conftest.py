@@ -3,8 +3,10 @@ ports, so it never meets a developer's stack (or another test run) on the defaul
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,10 @@ from pathlib import Path
 import pytest
 
 DATAPUNK = Path(sys.executable).parent / "datapunk"
+
+
+def _term_with_parent() -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def free_ports(count: int) -> list[int]:
@@ -93,6 +99,8 @@ class StackDir:
         )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
+        """A foreground ``datapunk``; it gets SIGTERM (and so stops its engines) if
+        the test process dies without stopping it."""
         return subprocess.Popen(
             [str(DATAPUNK), *args],
             cwd=self.root,
@@ -100,6 +108,7 @@ class StackDir:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=_term_with_parent,
         )
 
     def logs(self) -> str:

@@ -138,7 +138,7 @@ def test_data_survives_down_and_up_and_ctrl_c_stops_in_reverse_order(engines: St
         with redis.Redis.from_url(engines.redis_url) as r:
             assert r.get("survives") == marker.encode()
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -240,7 +240,7 @@ def test_ctrl_c_while_starting_from_an_empty_dir_stops_everything(stack_dir: Sta
             if "postgres ready" in line:
                 break
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=300)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
