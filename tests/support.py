@@ -81,13 +81,17 @@ def wait_for_health(address: str, process: subprocess.Popen[bytes], deadline: fl
 def run_service(
     name: str, tmp_path: Path, extra_env: Mapping[str, str] | None = None
 ) -> Iterator[RunningService]:
-    """Start ``datapunk-<name>`` on free ports and stop it (SIGTERM) afterwards."""
+    """Start ``datapunk-<name>`` on free ports and stop it (SIGTERM) afterwards.
+
+    A Lake keeps its embedded vector shards under ``tmp_path/vectors`` (one process may
+    hold a shard open), never in the repository's data dir, which the stack's Lake owns."""
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path / f"{name}-{port}.log"
+    env = {"DATAPUNK_LAKE__VECTORS__PATH": str(tmp_path / "vectors"), **(extra_env or {})}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [str(BIN / f"datapunk-{name}")],
-            env=service_env(name, port, metrics_port, extra_env or {}),
+            env=service_env(name, port, metrics_port, env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
