@@ -19,7 +19,7 @@ from datapunk_lake.vectors.convert import (
     encode_offset_token,
     filter_from_pb,
     id_from_pb,
-    point_from_pb,
+    points_from_pb,
     query_from_pb,
     record_to_pb,
     scored_to_pb,
@@ -85,7 +85,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         self, request: pb.UpsertPointsRequest, context: _Context
     ) -> pb.UpsertPointsResponse:
         name = collection_name(request.collection, "collection")
-        count = await self.store.upsert(name, [point_from_pb(p) for p in request.points])
+        count = await self.store.upsert(name, points_from_pb(request.points))
         return pb.UpsertPointsResponse(upserted_count=count)
 
     async def ImportPoints(
@@ -109,7 +109,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
                     ],
                 )
             name = collection_name(collection, "collection")
-            count = await self.store.upsert(name, [point_from_pb(p) for p in request.points])
+            count = await self.store.upsert(name, points_from_pb(request.points))
             total += count
             yield pb.ImportPointsResponse(
                 sequence=request.sequence, upserted_count=count, total_upserted=total

@@ -1,0 +1,387 @@
+"""The Lake's vector store against raw qdrant-edge, on the same data in the same run.
+
+Data: N clustered vectors (numpy; 100k x 128 in a full run, 20k in --quick) with a
+keyword payload ``cat`` (10 values) that has a payload index on both sides. Both sides
+use the same collection configuration (HNSW m=16, ef_construct=100, full-scan threshold
+1000 kB, cosine).
+
+* **raw** - qdrant-edge in this process: ``EdgeShard.update(upsert_points(...))`` in
+  batches of 1000 built from numpy rows, ``optimize()``, ``query()``.
+* **lake** - ``datapunk-lake`` as a separate process on loopback (embedded engine, shards
+  in a temporary directory): ``ImportPoints`` (bidi stream, batches of 1000, acknowledged
+  per batch), ``OptimizeCollection`` (a child process), ``SearchPoints`` with a
+  synchronous grpc stub, one call in flight.
+
+Recall@10 is computed against exact search (numpy). The search ef is the smallest of
+64/128/256 at which raw qdrant-edge reaches recall 0.95; the Lake searches with the same
+ef. Search rounds alternate between raw and lake; the p50 difference is the median over
+rounds.
+
+Bars (issue 3): Lake streaming upsert >= 0.7 x raw; Lake recall@10 >= 0.95; Lake p50 <=
+raw p50 + 0.3 ms; Lake filtered QPS (cat = one value, 10% of points) >= 0.5 x Lake
+unfiltered QPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import qdrant_edge as qe
+from datapunk.lake.v1 import vectors_pb2 as pb
+from datapunk.lake.v1 import vectors_pb2_grpc
+from google.protobuf import struct_pb2
+
+from bench.common import (
+    REPO_ROOT,
+    Bar,
+    Result,
+    format_table,
+    free_port,
+    stop_process,
+    summarize_latencies,
+    wait_until,
+    write_result,
+)
+
+__all__ = ["DESCRIPTION", "NAME", "run"]
+
+NAME = "vectors"
+DESCRIPTION = "vector store through the Lake (gRPC) vs raw qdrant-edge: upsert, search, filter"
+
+pb_grpc: Any = vectors_pb2_grpc
+DIM = 128
+CATEGORIES = 10
+BATCH = 1000
+K = 10
+EFS = (64, 128, 256)
+FULL_SCAN_KB = 1000
+ROUNDS = 3
+LAKE_BIN = Path(sys.executable).parent / "datapunk-lake"
+
+
+def _data(n: int, queries: int, seed: int = 7) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(max(16, n // 1000), DIM)).astype(np.float32)
+    data = centers[rng.integers(0, len(centers), n)] + 0.35 * rng.normal(size=(n, DIM))
+    picks = rng.integers(0, n, queries)
+    query = data[picks] + 0.2 * rng.normal(size=(queries, DIM))
+    return data.astype(np.float32), query.astype(np.float32)
+
+
+def _truth(data: np.ndarray[Any, Any], queries: np.ndarray[Any, Any]) -> list[set[int]]:
+    normed = data / np.linalg.norm(data, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    truth: list[set[int]] = []
+    for start in range(0, len(q), 64):
+        scores = q[start : start + 64] @ normed.T
+        top = np.argpartition(-scores, K, axis=1)[:, :K]
+        truth.extend({int(i) for i in row} for row in top)
+    return truth
+
+
+def _recall(found: Sequence[Sequence[int]], truth: Sequence[set[int]]) -> float:
+    hits = sum(len(set(f[:K]) & t) for f, t in zip(found, truth, strict=True))
+    return hits / (K * len(truth))
+
+
+def _cat(i: int) -> str:
+    return f"c{i % CATEGORIES}"
+
+
+# ---- raw qdrant-edge -----------------------------------------------------------------
+
+
+class Raw:
+    def __init__(self, directory: Path) -> None:
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(
+                m=16, ef_construct=100, full_scan_threshold=FULL_SCAN_KB
+            ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=FULL_SCAN_KB),
+        )
+        self.shard = qe.EdgeShard.create(str(directory), config)
+        self.shard.update(
+            qe.UpdateOperation.create_field_index("cat", qe.PayloadSchemaType.Keyword)
+        )
+
+    def upsert(self, data: np.ndarray[Any, Any]) -> float:
+        started = time.perf_counter()
+        for offset in range(0, len(data), BATCH):
+            rows = data[offset : offset + BATCH].tolist()
+            points = [
+                qe.Point(offset + i, row, {"cat": _cat(offset + i)}) for i, row in enumerate(rows)
+            ]
+            self.shard.update(qe.UpdateOperation.upsert_points(points))
+        return len(data) / (time.perf_counter() - started)
+
+    def search(
+        self, queries: Sequence[list[float]], ef: int, flt: qe.Filter | None = None
+    ) -> tuple[list[list[int]], list[float]]:
+        found: list[list[int]] = []
+        latencies: list[float] = []
+        params = qe.SearchParams(hnsw_ef=ef)
+        for q in queries:
+            started = time.perf_counter()
+            points = self.shard.query(
+                qe.QueryRequest(limit=K, query=qe.Query.Nearest(q), params=params, filter=flt)
+            )
+            latencies.append(time.perf_counter() - started)
+            found.append([int(p.id) for p in points])
+        return found, latencies
+
+
+# ---- the Lake ------------------------------------------------------------------------
+
+
+def _start_lake(vectors: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAPUNK_")}
+    env.update(
+        {
+            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
+            "DATAPUNK_LAKE__PORT": str(port),
+            "DATAPUNK_LAKE__METRICS_PORT": str(free_port()),
+            "DATAPUNK_LAKE__VECTORS__PATH": str(vectors),
+            "DATAPUNK_LAKE__VECTORS__AUTO_OPTIMIZE": "false",
+            # The Lake also probes PostgreSQL and QuestDB; the vector store does not need
+            # them, so point them at closed ports rather than at someone's stack.
+            "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+            "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{free_port()}",
+            "DATAPUNK_ENGINES__QUESTDB__PG_URL": f"postgresql://a:b@127.0.0.1:{free_port()}/qdb",
+        }
+    )
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(LAKE_BIN)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
+    address = f"127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Lake exited with {process.returncode}; see {log}")
+        try:
+            with grpc.insecure_channel(address) as channel:
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    wait_until(answers, timeout=60, what="the Lake")
+    return process, address
+
+
+async def _lake_import(address: str, collection: str, data: np.ndarray[Any, Any]) -> float:
+    payloads = []
+    for i in range(CATEGORIES):
+        payload = struct_pb2.Struct()
+        payload.fields["cat"].string_value = _cat(i)
+        payloads.append(payload)
+
+    async def batches() -> AsyncIterator[pb.ImportPointsRequest]:
+        for offset in range(0, len(data), BATCH):
+            rows = data[offset : offset + BATCH].tolist()
+            points = [
+                pb.Point(
+                    id=pb.PointId(num=offset + i),
+                    vector=row,
+                    payload=payloads[(offset + i) % CATEGORIES],
+                )
+                for i, row in enumerate(rows)
+            ]
+            yield pb.ImportPointsRequest(collection=collection, sequence=offset, points=points)
+
+    options = [("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        stub = pb_grpc.VectorServiceStub(channel)
+        started = time.perf_counter()
+        total = 0
+        async for ack in stub.ImportPoints(batches()):
+            total = ack.total_upserted
+        elapsed = time.perf_counter() - started
+    assert total == len(data), f"acknowledged {total} of {len(data)}"
+    return len(data) / elapsed
+
+
+def _lake_search(
+    stub: Any, collection: str, queries: Sequence[list[float]], ef: int, flt: pb.Filter | None
+) -> tuple[list[list[int]], list[float]]:
+    found: list[list[int]] = []
+    latencies: list[float] = []
+    for q in queries:
+        request = pb.SearchPointsRequest(
+            collection=collection, query=pb.VectorQuery(vector=q, limit=K, hnsw_ef=ef, filter=flt)
+        )
+        started = time.perf_counter()
+        response = stub.SearchPoints(request)
+        latencies.append(time.perf_counter() - started)
+        found.append([p.id.num for p in response.points])
+    return found, latencies
+
+
+# ---- the run -------------------------------------------------------------------------
+
+
+def _qps(latencies: Sequence[float]) -> float:
+    return len(latencies) / sum(latencies)
+
+
+def run(quick: bool = False) -> Result:
+    n = 20_000 if quick else 100_000
+    nq = 100 if quick else 300
+    data, queries_np = _data(n, nq)
+    queries = queries_np.tolist()
+    truth = _truth(data, queries_np)
+    work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
+    notes: list[str] = []
+    details: dict[str, Any] = {"points": n, "dim": DIM, "queries": nq, "batch": BATCH}
+    process: subprocess.Popen[bytes] | None = None
+    raw = Raw(work / "raw")
+    try:
+        process, address = _start_lake(work / "lake", work / "lake.log")
+        collection = "collections/bench"
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.VectorServiceStub(channel)
+            stub.CreateCollection(
+                pb.CreateCollectionRequest(
+                    collection_id="bench",
+                    collection=pb.Collection(
+                        vector_size=DIM,
+                        distance=pb.DISTANCE_COSINE,
+                        hnsw=pb.HnswConfig(
+                            m=16, ef_construct=100, full_scan_threshold_kb=FULL_SCAN_KB
+                        ),
+                        payload_fields=[
+                            pb.PayloadField(name="cat", type=pb.PAYLOAD_FIELD_TYPE_KEYWORD)
+                        ],
+                    ),
+                )
+            )
+            raw_rate = raw.upsert(data)
+            lake_rate = asyncio.run(_lake_import(address, collection, data))
+            details["upsert_points_per_s"] = {"raw": raw_rate, "lake": lake_rate}
+
+            started = time.perf_counter()
+            raw.shard.optimize()
+            raw_optimize = time.perf_counter() - started
+            started = time.perf_counter()
+            stats = stub.OptimizeCollection(
+                pb.OptimizeCollectionRequest(name=collection), timeout=1800
+            ).stats
+            lake_optimize = time.perf_counter() - started
+            details["optimize_seconds"] = {"raw": raw_optimize, "lake": lake_optimize}
+            details["lake_stats"] = {
+                "points": stats.points_count,
+                "indexed": stats.indexed_vectors_count,
+                "segments": stats.segments_count,
+                "disk_bytes": stats.disk_bytes,
+            }
+
+            # Pick ef on the raw engine.
+            ef = EFS[-1]
+            recalls: dict[int, float] = {}
+            for candidate in EFS:
+                found, _ = raw.search(queries, candidate)
+                recalls[candidate] = _recall(found, truth)
+                if recalls[candidate] >= 0.95:
+                    ef = candidate
+                    break
+            details["raw_recall_by_ef"] = recalls
+            details["ef"] = ef
+
+            raw_filter = qe.Filter(must=[qe.FieldCondition("cat", match=qe.MatchValue("c3"))])
+            lake_filter = pb.Filter(
+                must=[
+                    pb.Condition(field=pb.FieldCondition(key="cat", match=pb.Match(keyword="c3")))
+                ]
+            )
+            _lake_search(stub, collection, queries[:20], ef, None)  # warm the channel
+            samples: dict[str, list[float]] = {k: [] for k in ("raw", "lake", "raw_f", "lake_f")}
+            diffs: list[float] = []
+            lake_recall = raw_recall = 0.0
+            for _ in range(ROUNDS):
+                found, raw_lat = raw.search(queries, ef)
+                raw_recall = _recall(found, truth)
+                found, lake_lat = _lake_search(stub, collection, queries, ef, None)
+                lake_recall = _recall(found, truth)
+                _, raw_f = raw.search(queries, ef, raw_filter)
+                _, lake_f = _lake_search(stub, collection, queries, ef, lake_filter)
+                samples["raw"] += raw_lat
+                samples["lake"] += lake_lat
+                samples["raw_f"] += raw_f
+                samples["lake_f"] += lake_f
+                diffs.append(statistics.median(lake_lat) - statistics.median(raw_lat))
+    finally:
+        if process is not None:
+            stop_process(process)
+        raw.shard.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    lat = {k: summarize_latencies(v) for k, v in samples.items()}
+    qps = {k: _qps(v) for k, v in samples.items()}
+    p50_diff_ms = statistics.median(diffs) * 1000
+    rows: list[list[Any]] = [
+        ["upsert points/s (stream)", raw_rate, lake_rate, lake_rate / raw_rate],
+        ["optimize s", raw_optimize, lake_optimize, lake_optimize / raw_optimize],
+        [f"search recall@{K} (ef {ef})", raw_recall, lake_recall, lake_recall / raw_recall],
+        ["search p50 ms", lat["raw"]["p50_us"] / 1000, lat["lake"]["p50_us"] / 1000,
+         lat["lake"]["p50_us"] / lat["raw"]["p50_us"]],
+        ["search p99 ms", lat["raw"]["p99_us"] / 1000, lat["lake"]["p99_us"] / 1000,
+         lat["lake"]["p99_us"] / lat["raw"]["p99_us"]],
+        ["search QPS (1 in flight)", qps["raw"], qps["lake"], qps["lake"] / qps["raw"]],
+        ["filtered p50 ms", lat["raw_f"]["p50_us"] / 1000, lat["lake_f"]["p50_us"] / 1000,
+         lat["lake_f"]["p50_us"] / lat["raw_f"]["p50_us"]],
+        ["filtered QPS", qps["raw_f"], qps["lake_f"], qps["lake_f"] / qps["raw_f"]],
+        ["filtered / unfiltered QPS", qps["raw_f"] / qps["raw"], qps["lake_f"] / qps["lake"], 1.0],
+    ]  # fmt: skip
+    details.update(
+        {"latency_us": lat, "qps": qps, "p50_diff_ms_by_round": [d * 1000 for d in diffs]}
+    )
+    bars = [
+        Bar("lake/raw streaming upsert", lake_rate / raw_rate, 0.7, ">=", "x"),
+        Bar(f"lake recall@{K}", lake_recall, 0.95, ">="),
+        Bar("lake p50 - raw p50", p50_diff_ms, 0.3, "<=", " ms"),
+        Bar("lake filtered/unfiltered QPS", qps["lake_f"] / qps["lake"], 0.5, ">=", "x"),
+    ]
+    if quick:
+        notes.append(f"quick run: {n} points, {nq} queries; the issue's bars assume 100k")
+    return Result(
+        name=NAME,
+        description=DESCRIPTION,
+        columns=["measure", "raw", "lake", "lake/raw"],
+        rows=rows,
+        bars=bars,
+        details=details,
+        notes=notes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--quick", action="store_true", help="20k points instead of 100k")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick)
+    print(format_table(result.columns, result.rows))
+    for bar in result.bars:
+        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"wrote {write_result(result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
