@@ -23,6 +23,7 @@ from bench.common import Result, format_table, write_result
 # name -> module; a benchmark module has NAME, DESCRIPTION and run() -> Result.
 BENCHMARKS: dict[str, str] = {
     "service_overhead": "bench.service_overhead",
+    "vectors": "bench.vectors",
     "timeseries": "bench.timeseries",
     "spatial": "bench.spatial",
 }
