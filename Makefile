@@ -16,8 +16,9 @@ status:
 test:                       ## every check and test; what CI runs
 	scripts/test.sh
 
-gen: env                    ## regenerate gen/ from proto/
+gen: env                    ## regenerate gen/ from proto/, then the Envoy configs from gen/
 	scripts/gen.sh
+	scripts/gen-envoy.sh
 
 check: env                  ## buf lint/format/breaking and the generated-code drift check
 	scripts/check-contracts.sh
