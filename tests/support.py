@@ -118,3 +118,8 @@ def wait_until(predicate: object, timeout: float = 15.0, interval: float = 0.1) 
             return
         time.sleep(interval)
     raise TimeoutError("condition not met in time")
+
+
+# How a client sees its server die under it: UNAVAILABLE when the connection drops
+# between frames, INTERNAL when it drops mid-frame (the HTTP/2 stream is reset).
+CONNECTION_LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
