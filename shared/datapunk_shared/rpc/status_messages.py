@@ -31,7 +31,22 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return message
 
 
+# Probe results change every few seconds while status is read far more often: keep the
+# converted messages of the latest results (reports are frozen, so they are safe keys).
+_ENGINE_CACHE: dict[EngineReport, common_pb2.EngineStatus] = {}
+_ENGINE_CACHE_LIMIT = 256
+
+
 def _engine_to_proto(report: EngineReport) -> common_pb2.EngineStatus:
+    cached = _ENGINE_CACHE.get(report)
+    if cached is None:
+        if len(_ENGINE_CACHE) >= _ENGINE_CACHE_LIMIT:
+            _ENGINE_CACHE.clear()
+        cached = _ENGINE_CACHE[report] = _convert_engine(report)
+    return cached
+
+
+def _convert_engine(report: EngineReport) -> common_pb2.EngineStatus:
     probe = report.probe
     message = common_pb2.EngineStatus(
         name=probe.name,
