@@ -87,7 +87,12 @@ def run_service(
     hold a shard open), never in the repository's data dir, which the stack's Lake owns."""
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path / f"{name}-{port}.log"
-    env = {"DATAPUNK_LAKE__VECTORS__PATH": str(tmp_path / "vectors"), **(extra_env or {})}
+    env = {
+        "DATAPUNK_LAKE__VECTORS__PATH": str(tmp_path / "vectors"),
+        # A Nexus's REST edge gets a free port, never the stack's 8080.
+        "DATAPUNK_NEXUS__REST__PORT": str(free_port()),
+        **(extra_env or {}),
+    }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [str(BIN / f"datapunk-{name}")],

@@ -24,6 +24,9 @@ from pydantic_settings import (
 from datapunk_shared.errors import ConfigError
 
 __all__ = [
+    "CacheRule",
+    "CacheSettings",
+    "ConcurrencyRule",
     "EngineSettings",
     "KafkaSettings",
     "LakeSettings",
@@ -32,6 +35,8 @@ __all__ = [
     "NexusSettings",
     "PostgresSettings",
     "QuestDBSettings",
+    "RateLimitRule",
+    "RateLimitSettings",
     "RedisSettings",
     "ServiceSettings",
     "Settings",
@@ -126,9 +131,144 @@ class StreamSettings(ServiceSettings):
     metrics_port: Port = 9152
 
 
+MethodGlob = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_./*?\[\]-]+$")
+]
+"""A glob over full gRPC method names (``/datapunk.lake.v1.VectorService/Get*``)."""
+
+
+class RateLimitRule(_Strict):
+    """One rate limit (GCRA): ``rate`` calls per ``period`` seconds with bursts of up to
+    ``burst`` calls, for the methods matching ``methods``, counted per ``key``:
+    ``caller`` (the principal, else the API key, else the client IP), ``principal``,
+    ``api_key``, ``client_ip``, ``tenant`` or ``global`` (everyone together). A rule whose
+    key the call lacks (``tenant`` for a call without one) does not apply to it. With
+    ``per_method`` every method has its own bucket; otherwise the matched methods share one."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
+    methods: Annotated[list[MethodGlob], Field(min_length=1)] = ["*"]
+    key: Literal["caller", "principal", "api_key", "client_ip", "tenant", "global"] = "caller"
+    per_method: bool = False
+    rate: Annotated[int, Field(ge=1, le=10_000_000)]
+    period: Seconds = 1.0
+    burst: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    """Calls allowed at once after a quiet spell; unset means ``rate``."""
+
+
+class ConcurrencyRule(_Strict):
+    """At most ``max_in_flight`` calls of the matching methods at once (per method with
+    ``per_method``); up to ``max_waiting`` more wait at most ``max_wait`` seconds for a
+    slot, every other call is shed at once with UNAVAILABLE."""
+
+    methods: Annotated[list[MethodGlob], Field(min_length=1)]
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)]
+    max_waiting: Annotated[int, Field(ge=0, le=10_000)] = 0
+    max_wait: Seconds = 0.05
+    per_method: bool = True
+
+
+class RateLimitSettings(_Strict):
+    """Nexus's rate limits and load shedding. Limits are counted in Redis
+    (``engines.redis``) so that every Nexus instance shares them, or in this process with
+    ``backend = "memory"`` (one instance only)."""
+
+    backend: Literal["redis", "memory"] = "redis"
+    on_redis_error: Literal["open", "closed", "local"] = "open"
+    """When Redis cannot answer: admit the call (``open``, the default: Redis trouble never
+    takes the platform down, and the concurrency bounds, which are in-process, still
+    protect the backends), refuse it with UNAVAILABLE (``closed``), or count it in this
+    process until Redis is back (``local``)."""
+    redis_timeout: Seconds = 0.25
+    """The longest one decision may wait for Redis."""
+    redis_retry_interval: Seconds = 1.0
+    """After a Redis failure, decisions skip Redis (see ``on_redis_error``) this long."""
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "datapunk:rl:"
+    rules: list[RateLimitRule] = []
+    concurrency: list[ConcurrencyRule] = []
+
+
+class CacheRule(_Strict):
+    """Responses of the reads matching ``methods`` are cached for ``ttl`` seconds."""
+
+    methods: Annotated[list[MethodGlob], Field(min_length=1)]
+    ttl: Seconds
+
+
+class CacheSettings(_Strict):
+    """Nexus's response cache: a local LRU backed by Redis (``engines.redis``), shared by
+    every instance, or the local LRU alone with ``backend = "memory"`` (one instance
+    only). Nothing is cached unless a rule marks a read cacheable."""
+
+    backend: Literal["redis", "memory"] = "redis"
+    rules: list[CacheRule] = []
+    read_methods: list[MethodGlob] = [
+        "*/Get*",
+        "*/List*",
+        "*/Search*",
+        "*/Read*",
+        "*/Aggregate*",
+        "*/Compute*",
+    ]
+    """Methods that never change anything; every other successful call invalidates the
+    cached answers about the resource it names."""
+    max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    max_entry_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
+    """Larger responses are not cached."""
+    channel: Annotated[str, Field(min_length=1, max_length=128)] = "datapunk:cache:invalidate"
+    key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "datapunk:cache:"
+    redis_timeout: Seconds = 0.25
+    descriptor_set: Path | None = None
+    """The contracts' descriptor set (for resource tags); unset means
+    gen/descriptors/datapunk.binpb of the source tree."""
+
+
+class RestEdgeSettings(_Strict):
+    """Nexus's REST/JSON edge: every RPC at the path of its ``google.api.http`` rule,
+    transcoded to gRPC and forwarded to the service that owns it."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    cors_origins: list[str] = ["http://localhost:8080", "http://127.0.0.1:8080"]
+    """Origins browsers may call the API from (exact matches; ``*`` only without
+    credentials)."""
+    cors_allow_credentials: bool = True
+    trusted_proxies: list[IPvAnyNetwork] = []
+    """Peers whose ``X-Forwarded-For`` is believed (CIDR); from anyone else it is ignored."""
+    ip_allow: list[IPvAnyNetwork] = []
+    """When not empty, only these client networks (CIDR) are served."""
+    ip_deny: list[IPvAnyNetwork] = []
+    """Client networks (CIDR) refused with 403; deny wins over allow."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    """The largest request body (for streams: the largest line); more is 413."""
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    """The largest request header block (and single header line); more is 431."""
+    route_timeout: Seconds = 30.0
+    """The deadline of a forwarded unary call (a client's ``grpc-timeout`` may shorten it);
+    over it the answer is 504."""
+    route_timeouts: dict[str, Seconds] = {}
+    """Deadlines by full method (``/datapunk.lake.v1.VectorService/SearchPoints``) or by
+    service (``datapunk.lake.v1.VectorService``); streams have none unless listed here."""
+    hsts_max_age: Annotated[int, Field(ge=0, le=2 * 365 * 86400)] = 31536000
+    access_log: bool = True
+    """One log line per request (method, path, status, duration, request id)."""
+    descriptor_set: Path | None = None
+    """The contracts' descriptor set; unset means gen/descriptors/datapunk.binpb of the
+    source tree (the file Envoy's transcoder reads)."""
+
+    @model_validator(mode="after")
+    def _credentials_need_exact_origins(self) -> RestEdgeSettings:
+        if self.cors_allow_credentials and "*" in self.cors_origins:
+            raise ValueError("cors_origins may not contain '*' with cors_allow_credentials")
+        return self
+
+
 class NexusSettings(ServiceSettings):
     port: Port = 50053
     metrics_port: Port = 9153
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 class PostgresSettings(_Strict):

@@ -7,6 +7,8 @@ from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.health import Prerequisite
 from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
+from datapunk_nexus.edge import start_rest_edge
+
 __all__ = ["SPEC"]
 
 
@@ -21,6 +23,7 @@ async def _setup(context: ServiceContext) -> None:
             await apply_migrations(conn, "nexus", migrations)
 
     context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
+    await start_rest_edge(context)
 
 
 SPEC = ServiceSpec(

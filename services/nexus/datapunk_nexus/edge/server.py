@@ -1,0 +1,534 @@
+"""The REST/JSON edge: matches a request to a route, transcodes it, passes it through the
+policy gate (and the cache, for cacheable reads), forwards it to the owning service as raw
+bytes, and answers in JSON — streams as NDJSON or server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from datapunk_shared.config import RestEdgeSettings
+from datapunk_shared.errors import (
+    DatapunkError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from datapunk_shared.logging import get_logger, request_id_var
+from datapunk_shared.rpc.server import PortInUse
+
+from datapunk_nexus.edge.backends import Backends
+from datapunk_nexus.edge.docs import DOCS_CSP, render_docs
+from datapunk_nexus.edge.http_server import JsonErrorServer
+from datapunk_nexus.edge.openapi import build_openapi
+from datapunk_nexus.edge.protection import (
+    CorsPolicy,
+    IpFilter,
+    check_path,
+    client_address,
+    security_headers,
+)
+from datapunk_nexus.edge.routes import Route, RouteTable
+from datapunk_nexus.edge.status import (
+    JSON_CONTENT_TYPE,
+    ErrorAnswer,
+    answer_for_error,
+    answer_for_rpc_error,
+)
+from datapunk_nexus.edge.transcode import decode_response, encode_request, parse_json_body
+from datapunk_nexus.policy import CallInfo, NoCache, OpenGate, RequestGate, ResponseCache
+
+__all__ = ["RestEdge"]
+
+log = get_logger("datapunk.nexus.edge")
+
+REQUEST_ID = "x-request-id"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request headers passed on to the backend as gRPC metadata.
+_FORWARDED_HEADERS = ("authorization", "x-api-key", "traceparent", "tracestate", "baggage")
+_GRPC_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
+_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+class _MethodNotAllowed(DatapunkError):
+    """The path exists, the HTTP method does not (405; UNIMPLEMENTED in the body)."""
+
+    code = "UNIMPLEMENTED"
+    default_reason = "METHOD_NOT_ALLOWED"
+
+
+class _Refused(Exception):
+    """An error answered with an HTTP status other than its gRPC code's (405, 413, 431)."""
+
+    def __init__(self, error: DatapunkError, http_status: int, headers: Mapping[str, str]) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.http_status = http_status
+        self.headers = dict(headers)
+
+
+@dataclass
+class _Exchange:
+    """One request on its way through the edge."""
+
+    request: web.BaseRequest
+    request_id: str
+    headers: dict[str, str]
+    client_ip: str = ""
+    grpc_method: str = ""
+
+
+@dataclass
+class _StreamState:
+    """A client stream's first bad line, and the call to cancel when it comes."""
+
+    failure: DatapunkError | None = None
+    call: Any = None
+    lines: int = field(default=0)
+
+
+def _grpc_timeout(value: str | None) -> float | None:
+    if not value:
+        return None
+    found = _GRPC_TIMEOUT.match(value)
+    if found is None:
+        raise InvalidArgument(
+            "grpc-timeout must be digits and a unit (H, M, S, m, u, n)",
+            reason="INVALID_TIMEOUT",
+        )
+    return int(found[1]) * _UNIT_SECONDS[found[2]]
+
+
+class RestEdge:
+    """The REST/JSON edge of Nexus; ``start`` binds it inside the running asyncio loop."""
+
+    def __init__(
+        self,
+        settings: RestEdgeSettings,
+        table: RouteTable,
+        backends: Backends,
+        *,
+        gate: RequestGate | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.backends = backends
+        self.gate: RequestGate = gate or OpenGate()
+        self.cache: ResponseCache = cache or NoCache()
+        self._by_method: dict[str, list[Route]] = {}
+        for route in table.routes:
+            self._by_method.setdefault(route.http_method, []).append(route)
+        self._cors = CorsPolicy(
+            frozenset(settings.cors_origins), allow_credentials=settings.cors_allow_credentials
+        )
+        self._ip_filter = IpFilter.of(
+            [str(n) for n in settings.ip_allow], [str(n) for n in settings.ip_deny]
+        )
+        self._trusted = tuple(settings.trusted_proxies)
+        self._security = dict(security_headers(settings.hsts_max_age))
+        self.openapi = build_openapi(table)
+        self._openapi_body = json.dumps(self.openapi, separators=(",", ":")).encode()
+        self._docs_body = render_docs(self.openapi).encode()
+        self._runner: web.ServerRunner | None = None
+        self.port = 0
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Listen on the configured host and port; returns the bound port."""
+        limit = self.settings.max_header_bytes
+        server = JsonErrorServer(
+            self.handle,
+            max_line_size=limit,
+            max_field_size=limit,
+            max_headers=128,
+            access_log=None,
+        )
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise PortInUse(
+                f"cannot serve REST on {self.settings.host}:{self.settings.port}: {exc}"
+            ) from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("rest edge listening", address=f"{self.settings.host}:{self.port}")
+        return self.port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        await self.backends.close()
+
+    # --- one request --------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        given = request.headers.get(REQUEST_ID)
+        rid = given if given and _REQUEST_ID_OK.match(given) else os.urandom(8).hex()
+        token = request_id_var.set(rid)
+        headers = {**self._security, "X-Request-Id": rid}
+        headers.update(self._cors.response_headers(request.headers.get("Origin")))
+        exchange = _Exchange(request, rid, headers)
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._dispatch(exchange)
+        except _Refused as refused:
+            exchange.headers.update(refused.headers)
+            response = self._error(exchange, answer_for_error(refused.error, refused.http_status))
+            response.force_close()  # an unread body may follow; do not reuse the connection
+        except DatapunkError as exc:
+            response = self._error(exchange, answer_for_error(exc))
+        except grpc.aio.AioRpcError as exc:  # pragma: no cover - handled where calls are made
+            response = self._error(exchange, answer_for_rpc_error(exc, backend="?", timeout=None))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.error("unhandled edge error", exc_info=exc)
+            error = Internal("internal error; see the Nexus log for the request id")
+            error.metadata["request_id"] = rid
+            response = self._error(exchange, answer_for_error(error))
+        finally:
+            if self.settings.access_log:
+                log.info(
+                    "http",
+                    method=request.method,
+                    path=request.path,
+                    status=response.status if response is not None else 499,
+                    rpc=exchange.grpc_method or None,
+                    client=exchange.client_ip or request.remote,
+                    ms=round((time.perf_counter() - started) * 1000, 3),
+                )
+            request_id_var.reset(token)
+        return response
+
+    def _error(self, exchange: _Exchange, answer: ErrorAnswer) -> web.Response:
+        return web.Response(
+            status=answer.http_status,
+            body=answer.body,
+            headers={**exchange.headers, **answer.headers},
+        )
+
+    def _json(self, exchange: _Exchange, body: bytes, status: int = 200) -> web.Response:
+        return web.Response(
+            status=status,
+            body=body,
+            headers={**exchange.headers, "Content-Type": JSON_CONTENT_TYPE},
+        )
+
+    async def _dispatch(self, exchange: _Exchange) -> web.StreamResponse:
+        request = exchange.request
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if header_bytes > self.settings.max_header_bytes:
+            raise _Refused(
+                ResourceExhausted(
+                    "the request's header block is too large",
+                    reason="HEADERS_TOO_LARGE",
+                    metadata={"limit_bytes": str(self.settings.max_header_bytes)},
+                ),
+                431,
+                {},
+            )
+        raw_path = request.raw_path.split("?", 1)[0]
+        check_path(raw_path)
+        exchange.client_ip = client_address(
+            str(request.remote or ""), request.headers.get("X-Forwarded-For"), self._trusted
+        )
+        self._ip_filter.check(exchange.client_ip)
+
+        origin = request.headers.get("Origin")
+        if (
+            request.method == "OPTIONS"
+            and origin is not None
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            exchange.headers.update(
+                self._cors.preflight(
+                    origin,
+                    request.headers["Access-Control-Request-Method"],
+                    request.headers.get("Access-Control-Request-Headers", ""),
+                )
+            )
+            return web.Response(status=204, headers=exchange.headers)
+
+        if request.method == "GET" and raw_path == "/openapi.json":
+            return self._json(exchange, self._openapi_body)
+        if request.method == "GET" and raw_path == "/docs":
+            headers = {
+                **exchange.headers,
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Security-Policy": DOCS_CSP,
+            }
+            return web.Response(body=self._docs_body, headers=headers)
+
+        route, values = self._match(request.method, raw_path)
+        exchange.grpc_method = route.grpc_method
+        if route.client_streaming or route.server_streaming:
+            return await self._stream(exchange, route, values)
+        return await self._unary(exchange, route, values)
+
+    def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        for route in self._by_method.get(method, ()):
+            values = route.template.match(raw_path)
+            if values is not None:
+                return route, values
+        allowed = sorted(
+            {
+                other
+                for other, routes in self._by_method.items()
+                if other != method and any(r.template.match(raw_path) is not None for r in routes)
+            }
+        )
+        if allowed:
+            raise _Refused(
+                _MethodNotAllowed(
+                    f"{method} is not allowed on {raw_path}",
+                    metadata={"allow": ", ".join(allowed)},
+                ),
+                405,
+                {"Allow": ", ".join(allowed)},
+            )
+        raise NotFound("no such route", reason="ROUTE_NOT_FOUND", metadata={"path": raw_path})
+
+    # --- forwarding ---------------------------------------------------------------------
+
+    def _timeout(self, exchange: _Exchange, route: Route, *, streaming: bool) -> float | None:
+        configured = self.settings.route_timeouts
+        limit = configured.get(route.grpc_method)
+        if limit is None:
+            limit = configured.get(f"{route.package}.{route.service}")
+        if limit is None and not streaming:
+            limit = self.settings.route_timeout
+        client = _grpc_timeout(exchange.request.headers.get("grpc-timeout"))
+        if client is not None:
+            limit = client if limit is None else min(limit, client)
+        return limit
+
+    def _metadata(self, exchange: _Exchange) -> tuple[tuple[str, str], ...]:
+        headers = exchange.request.headers
+        pairs = [(REQUEST_ID, exchange.request_id)]
+        for name in _FORWARDED_HEADERS:
+            value = headers.get(name)
+            if value is not None and value.isascii() and value.isprintable():
+                pairs.append((name, value))
+        forwarded = headers.get("X-Forwarded-For")
+        peer = str(exchange.request.remote or "")
+        chain = f"{forwarded}, {peer}" if forwarded else peer
+        if chain.isascii() and chain.isprintable():
+            pairs.append(("x-forwarded-for", chain))
+        return tuple(pairs)
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = _Refused(
+            ResourceExhausted(
+                f"the request body is larger than {limit} bytes",
+                reason="REQUEST_TOO_LARGE",
+                metadata={"limit_bytes": str(limit)},
+            ),
+            413,
+            {},
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _request_payload(
+        self, exchange: _Exchange, route: Route, values: dict[str, str]
+    ) -> bytes:
+        request = exchange.request
+        raw = await self._read_body(request) if request.can_read_body else b""
+        body = parse_json_body(raw) if raw.strip() else None
+        return encode_request(route, values, request.rel_url.query.items(), body)
+
+    async def _unary(
+        self, exchange: _Exchange, route: Route, values: dict[str, str]
+    ) -> web.StreamResponse:
+        payload = await self._request_payload(exchange, route, values)
+        timeout = self._timeout(exchange, route, streaming=False)
+        call = CallInfo(method=route.grpc_method, client_ip=exchange.client_ip, request=payload)
+        async with self.gate.admit(call) as gate_headers:
+            exchange.headers.update(gate_headers)
+            cacheable = self.cache.cacheable(route.grpc_method)
+            data = await self.cache.get(call) if cacheable else None
+            if data is None:
+                stub = self.backends.callable(route.owner, route.grpc_method, "unary_unary")
+                try:
+                    data = await stub(payload, timeout=timeout, metadata=self._metadata(exchange))
+                except grpc.aio.AioRpcError as exc:
+                    return self._error(
+                        exchange, answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
+                    )
+                if cacheable:
+                    await self.cache.put(call, data)
+        return self._json(exchange, decode_response(route, data))
+
+    async def _ndjson_messages(
+        self, exchange: _Exchange, route: Route, values: dict[str, str], state: _StreamState
+    ) -> AsyncIterator[bytes]:
+        """One request message per NDJSON line, read from the client only as fast as the
+        backend takes them (gRPC flow control pulls this generator)."""
+        query = list(exchange.request.rel_url.query.items())
+        limit = self.settings.max_body_bytes
+        content = exchange.request.content
+        pending = b""
+        try:
+            while True:
+                newline = pending.find(b"\n")
+                if newline < 0:
+                    if len(pending) > limit:
+                        raise ResourceExhausted(
+                            f"a line of the stream is longer than {limit} bytes",
+                            reason="REQUEST_TOO_LARGE",
+                            metadata={"limit_bytes": str(limit)},
+                        )
+                    chunk = await content.readany()
+                    if not chunk:
+                        line, pending = pending, b""
+                        if line.strip():
+                            yield self._line_message(route, values, query, line, state)
+                        return
+                    pending += chunk
+                    continue
+                line, pending = pending[:newline], pending[newline + 1 :]
+                if line.strip():
+                    yield self._line_message(route, values, query, line, state)
+        except DatapunkError as exc:
+            state.failure = exc
+            if state.call is not None:
+                state.call.cancel()
+
+    def _line_message(
+        self,
+        route: Route,
+        values: dict[str, str],
+        query: list[tuple[str, str]],
+        line: bytes,
+        state: _StreamState,
+    ) -> bytes:
+        state.lines += 1
+        try:
+            return encode_request(route, values, query, parse_json_body(line))
+        except InvalidArgument as exc:
+            exc.metadata["line"] = str(state.lines)
+            raise
+
+    async def _stream(
+        self, exchange: _Exchange, route: Route, values: dict[str, str]
+    ) -> web.StreamResponse:
+        state = _StreamState()
+        payload = b""
+        if route.client_streaming:
+            requests: Any = self._ndjson_messages(exchange, route, values, state)
+        else:
+            payload = await self._request_payload(exchange, route, values)
+            requests = payload
+        timeout = self._timeout(exchange, route, streaming=True)
+        kind = ("stream_" if route.client_streaming else "unary_") + (
+            "stream" if route.server_streaming else "unary"
+        )
+        stub = self.backends.callable(route.owner, route.grpc_method, kind)
+        info = CallInfo(method=route.grpc_method, client_ip=exchange.client_ip, request=payload)
+        async with self.gate.admit(info) as gate_headers:
+            exchange.headers.update(gate_headers)
+            call = stub(requests, timeout=timeout, metadata=self._metadata(exchange))
+            state.call = call
+            if not route.server_streaming:
+                try:
+                    data = await call
+                except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+                    return self._stream_failure(exchange, route, state, exc, timeout)
+                return self._json(exchange, decode_response(route, data))
+            return await self._relay(exchange, route, state, call, timeout)
+
+    def _stream_failure(
+        self,
+        exchange: _Exchange,
+        route: Route,
+        state: _StreamState,
+        exc: BaseException,
+        timeout: float | None,
+    ) -> web.Response:
+        if state.failure is not None:
+            http = 413 if state.failure.reason == "REQUEST_TOO_LARGE" else None
+            return self._error(exchange, answer_for_error(state.failure, http))
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return self._error(
+                exchange, answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
+            )
+        raise exc
+
+    async def _relay(
+        self,
+        exchange: _Exchange,
+        route: Route,
+        state: _StreamState,
+        call: Any,
+        timeout: float | None,
+    ) -> web.StreamResponse:
+        """Responses as NDJSON lines (or SSE events), each written only once the previous
+        one was taken by the transport (``write`` awaits its drain): a slow client slows
+        the backend through gRPC flow control instead of filling memory here."""
+        sse = SSE in exchange.request.headers.get("Accept", "")
+        iterator = call.__aiter__()
+        try:
+            first: bytes | None = await iterator.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            return self._stream_failure(exchange, route, state, exc, timeout)
+        response = web.StreamResponse(
+            status=200,
+            headers={**exchange.headers, "Content-Type": SSE if sse else NDJSON},
+        )
+        await response.prepare(exchange.request)
+        try:
+            message = first
+            while message is not None:
+                document = decode_response(route, message)
+                await response.write(b"data: " + document + b"\n\n" if sse else document + b"\n")
+                try:
+                    message = await iterator.__anext__()
+                except StopAsyncIteration:
+                    message = None
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            if state.failure is not None:
+                answer = answer_for_error(state.failure)
+            elif isinstance(exc, grpc.aio.AioRpcError):
+                answer = answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
+            else:
+                raise
+            body = answer.body
+            error_line = (
+                b"event: error\ndata: " + body + b"\n\n" if sse else b'{"error":' + body + b"}\n"
+            )
+            await response.write(error_line)
+        except (ConnectionResetError, ConnectionError):
+            call.cancel()
+            raise
+        await response.write_eof()
+        return response
