@@ -89,7 +89,8 @@ def run_service(
     log_path = tmp_path / f"{name}-{port}.log"
     env = {
         "DATAPUNK_LAKE__VECTORS__PATH": str(tmp_path / "vectors"),
-        # A Nexus's REST edge gets a free port, never the stack's 8080.
+        # A Nexus's gRPC entry and REST edge get free ports, never the stack's 50050/8080.
+        "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(free_port()),
         "DATAPUNK_NEXUS__REST__PORT": str(free_port()),
         **(extra_env or {}),
     }

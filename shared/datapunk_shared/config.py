@@ -28,6 +28,7 @@ __all__ = [
     "CacheSettings",
     "ConcurrencyRule",
     "EngineSettings",
+    "GrpcEntrySettings",
     "KafkaSettings",
     "LakeSettings",
     "LogSettings",
@@ -129,6 +130,27 @@ class LakeSettings(ServiceSettings):
 class StreamSettings(ServiceSettings):
     port: Port = 50052
     metrics_port: Port = 9152
+
+
+class GrpcEntrySettings(_Strict):
+    """Nexus's single gRPC entry: one address that forwards any method of any Datapunk
+    service to the service that owns it (by package: ``datapunk.lake.*`` to the Lake)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 50050
+    backends: dict[Literal["lake", "stream", "nexus"], str] = {}
+    """``host:port`` of an owner, overriding the configured ``[lake]``/``[stream]``/``[nexus]``
+    host and port (for example a sidecar in front of it)."""
+    default_deadline: Seconds | None = 30.0
+    """The deadline of a forwarded unary call whose client set none (streams get none)."""
+    deadlines: dict[str, Seconds] = {}
+    """Deadlines by full method (``/datapunk.lake.v1.VectorService/SearchPoints``) or by
+    service (``datapunk.lake.v1.VectorService``), for calls whose client set none."""
+    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
+    descriptor_set: Path | None = None
+    """The contracts' descriptor set; unset means gen/descriptors/datapunk.binpb of the
+    source tree."""
 
 
 MethodGlob = Annotated[
@@ -267,6 +289,7 @@ class RestEdgeSettings(_Strict):
 class NexusSettings(ServiceSettings):
     port: Port = 50053
     metrics_port: Port = 9153
+    grpc_entry: GrpcEntrySettings = GrpcEntrySettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
 

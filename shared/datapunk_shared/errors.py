@@ -20,6 +20,7 @@ Hierarchy::
     ├── Unavailable              UNAVAILABLE        + RetryInfo
     ├── DeadlineExceeded         DEADLINE_EXCEEDED
     ├── Cancelled                CANCELLED
+    ├── Unimplemented            UNIMPLEMENTED
     └── Internal                 INTERNAL
 """
 
@@ -44,6 +45,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "error_for_code",
 ]
 
@@ -194,6 +196,13 @@ class Cancelled(DatapunkError):
     default_reason = "CANCELLED"
 
 
+class Unimplemented(DatapunkError):
+    """No service offers the method that was called."""
+
+    code = "UNIMPLEMENTED"
+    default_reason = "UNIMPLEMENTED"
+
+
 class Internal(DatapunkError):
     """A bug or an unexpected engine answer; details are logged, not sent."""
 
@@ -214,6 +223,7 @@ _BY_CODE: dict[str, type[DatapunkError]] = {
         Unavailable,
         DeadlineExceeded,
         Cancelled,
+        Unimplemented,
         Internal,
     )
 }

@@ -82,6 +82,7 @@ class StackDir:
                 "DATAPUNK_STACK__KAFKA_CONTROLLER_PORT": str(p["kafka_controller"]),
                 "DATAPUNK_ENGINES__MQTT__URL": f"mqtt://127.0.0.1:{p['mqtt']}",
                 "DATAPUNK_ENGINES__REDIS__URL": self.redis_url,
+                "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(p["nexus_grpc_entry"]),
             }
         )
         env.update(self.extra_env)
@@ -129,6 +130,7 @@ _PORT_NAMES = (
     "kafka_controller",
     "mqtt",
     "redis",
+    "nexus_grpc_entry",
 )
 
 

@@ -8,6 +8,7 @@ from datapunk_shared.health import Prerequisite
 from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
 from datapunk_nexus.edge import start_rest_edge
+from datapunk_nexus.entry import add_grpc_entry
 
 __all__ = ["SPEC"]
 
@@ -23,6 +24,7 @@ async def _setup(context: ServiceContext) -> None:
             await apply_migrations(conn, "nexus", migrations)
 
     context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
+    await add_grpc_entry(context)
     await start_rest_edge(context)
 
 
