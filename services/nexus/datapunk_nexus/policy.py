@@ -8,12 +8,22 @@ about how limits or caches work; policies know nothing about HTTP or gRPC framin
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["CallInfo", "NoCache", "OpenGate", "RequestGate", "ResponseCache"]
+from datapunk_shared.errors import DatapunkError
+
+__all__ = [
+    "CallInfo",
+    "NoCache",
+    "OpenGate",
+    "RequestGate",
+    "ResponseCache",
+    "rejection_headers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,29 @@ class ResponseCache(Protocol):
 
     async def put(self, call: CallInfo, response: bytes) -> None: ...
 
+    async def after_call(self, call: CallInfo) -> None:
+        """Entries call this after every call that succeeded and was not answered from
+        the cache: when the call was a write, the cached answers about the resource it
+        names are dropped here and in every other instance."""
+
+
+def rejection_headers(error: DatapunkError) -> dict[str, str]:
+    """The HTTP headers (gRPC: the same names, lower-case, as trailing metadata) for a
+    refusal of the gate: ``Retry-After`` (whole seconds, rounded up) for any error with
+    ``retry_after``, plus ``RateLimit-Limit``, ``RateLimit-Remaining`` and
+    ``RateLimit-Reset`` (names of the IETF draft draft-ietf-httpapi-ratelimit-headers)
+    when a rate limit refused the call."""
+    headers: dict[str, str] = {}
+    retry_after: float | None = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    meta = error.metadata
+    if error.reason == "RATE_LIMITED" and "limit" in meta:
+        headers["RateLimit-Limit"] = meta["limit"]
+        headers["RateLimit-Remaining"] = meta.get("remaining", "0")
+        headers["RateLimit-Reset"] = meta.get("reset", headers.get("Retry-After", "1"))
+    return headers
+
 
 class OpenGate:
     """The gate when no limits are configured: admits every call, adds no headers."""
@@ -74,4 +107,7 @@ class NoCache:
         return None
 
     async def put(self, call: CallInfo, response: bytes) -> None:
+        return None
+
+    async def after_call(self, call: CallInfo) -> None:
         return None
