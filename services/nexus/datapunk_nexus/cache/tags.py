@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError, Message
 
 __all__ = ["ResourceTags", "ancestors", "default_descriptor_set", "tag_matches"]
 
-_VARIABLE = re.compile(r"\{([^}=]+)(?:=[^}]*)?\}")
+_VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 _VERSION = re.compile(r"^v\d+[a-z0-9]*$")
 
 
@@ -114,7 +114,14 @@ class ResourceTags:
         message_class = message_factory.GetMessageClass(pool.FindMessageTypeByName(input_type))
         if found is None:
             return _Route(segments[0], path, (), None)
-        literal = path[: found.start()].rstrip("/")
+        # Up to the variable, plus its pattern's leading literals: {name=collections/*}
+        # falls back to the collection, lake/collections.
+        fixed = []
+        for segment in (found.group(2) or "").split("/"):
+            if "*" in segment or not segment:
+                break
+            fixed.append(segment)
+        literal = "/".join([path[: found.start()].rstrip("/"), *fixed])
         return _Route(segments[0], literal, tuple(found.group(1).split(".")), message_class)
 
     def tag(self, method: str, request: bytes) -> str:
