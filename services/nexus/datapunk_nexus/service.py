@@ -7,8 +7,10 @@ from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.health import Prerequisite
 from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
+from datapunk_nexus.cache.servicer import add_cache_service
 from datapunk_nexus.edge import start_rest_edge
 from datapunk_nexus.entry import add_grpc_entry
+from datapunk_nexus.policy_factory import build_policies
 
 __all__ = ["SPEC"]
 
@@ -24,8 +26,15 @@ async def _setup(context: ServiceContext) -> None:
             await apply_migrations(conn, "nexus", migrations)
 
     context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
-    await add_grpc_entry(context)
-    await start_rest_edge(context)
+    # One gate and one cache for both entries, so limits and cached answers are the same
+    # whichever entry a call comes through.
+    settings = context.settings
+    gate, cache = await build_policies(
+        settings, settings.engines.redis.url, cleanups=context.cleanups
+    )
+    add_cache_service(context, cache)
+    await add_grpc_entry(context, gate=gate, cache=cache)
+    await start_rest_edge(context, gate=gate, cache=cache)
 
 
 SPEC = ServiceSpec(
