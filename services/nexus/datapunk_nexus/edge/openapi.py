@@ -263,12 +263,9 @@ def build_openapi(table: RouteTable, *, title: str = "Datapunk REST API") -> Jso
     """The OpenAPI 3.0 document of every route."""
     schemas = _Schemas(table.comments)
     paths: Json = {}
-    seen: dict[str, int] = {}
     for route in sorted(table.routes, key=lambda r: (r.template.openapi()[0], r.http_method)):
         path = route.template.openapi()[0]
-        count = seen.get(operation_id(route), 0)
-        seen[operation_id(route)] = count + 1
-        suffix = f"_{count}" if count else ""
+        suffix = f"_{route.binding}" if route.binding else ""
         paths.setdefault(path, {})[route.http_method.lower()] = _operation(schemas, route, suffix)
     error_content = {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{STATUS_SCHEMA}"}}

@@ -57,6 +57,8 @@ class Route:
     response_body: str
     client_streaming: bool
     server_streaming: bool
+    binding: int = 0
+    """0 for the rule itself, 1.. for its ``additional_bindings``."""
 
     def body_fields(self) -> list[FieldDescriptor]:
         """The request fields a client may set in the query string."""
@@ -155,7 +157,7 @@ def load_routes(descriptor_set: Path) -> RouteTable:
                 full = f"{file.package}.{service.name}"
                 input_type = pool.FindMessageTypeByName(method.input_type.lstrip("."))
                 output_type = pool.FindMessageTypeByName(method.output_type.lstrip("."))
-                for http_method, path, body, response_body in _rules(rule):
+                for binding, (http_method, path, body, response_body) in enumerate(_rules(rule)):
                     template = PathTemplate.parse(path)
                     for name in (body, response_body):
                         if name not in ("", "*") and name not in (
@@ -179,6 +181,7 @@ def load_routes(descriptor_set: Path) -> RouteTable:
                             response_body=response_body,
                             client_streaming=method.client_streaming,
                             server_streaming=method.server_streaming,
+                            binding=binding,
                         )
                     )
     # Templates with a verb first, then more literal segments first: the most specific

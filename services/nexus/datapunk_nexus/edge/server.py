@@ -18,6 +18,7 @@ from aiohttp import web
 from datapunk_shared.config import RestEdgeSettings
 from datapunk_shared.errors import (
     DatapunkError,
+    FieldViolation,
     Internal,
     InvalidArgument,
     NotFound,
@@ -44,6 +45,7 @@ from datapunk_nexus.edge.status import (
     answer_for_error,
     answer_for_rpc_error,
 )
+from datapunk_nexus.edge.template import TemplateError
 from datapunk_nexus.edge.transcode import decode_response, encode_request, parse_json_body
 from datapunk_nexus.policy import CallInfo, NoCache, OpenGate, RequestGate, ResponseCache
 
@@ -96,6 +98,7 @@ class _StreamState:
     failure: DatapunkError | None = None
     call: Any = None
     lines: int = field(default=0)
+    completed: bool = False
 
 
 def _grpc_timeout(value: str | None) -> float | None:
@@ -286,14 +289,21 @@ class RestEdge:
 
     def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
         for route in self._by_method.get(method, ()):
-            values = route.template.match(raw_path)
+            try:
+                values = route.template.match(raw_path)
+            except TemplateError as exc:
+                raise InvalidArgument(
+                    str(exc),
+                    violations=[FieldViolation("path", str(exc), "INVALID_PATH_PARAMETER")],
+                    reason="INVALID_PATH_PARAMETER",
+                ) from None
             if values is not None:
                 return route, values
         allowed = sorted(
             {
                 other
                 for other, routes in self._by_method.items()
-                if other != method and any(r.template.match(raw_path) is not None for r in routes)
+                if other != method and any(r.template.matches(raw_path) for r in routes)
             }
         )
         if allowed:
@@ -385,7 +395,15 @@ class RestEdge:
                     )
                 if cacheable:
                     await self.cache.put(call, data)
+                await self._after_call(call)
         return self._json(exchange, decode_response(route, data))
+
+    async def _after_call(self, call: CallInfo) -> None:
+        # Lets the cache drop what a write changed. Caches written against the first
+        # version of the seam have no ``after_call``; they invalidate nothing.
+        after_call = getattr(self.cache, "after_call", None)
+        if after_call is not None:
+            await after_call(call)
 
     async def _ndjson_messages(
         self, exchange: _Exchange, route: Route, values: dict[str, str], state: _StreamState
@@ -462,8 +480,12 @@ class RestEdge:
                     data = await call
                 except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
                     return self._stream_failure(exchange, route, state, exc, timeout)
+                await self._after_call(info)
                 return self._json(exchange, decode_response(route, data))
-            return await self._relay(exchange, route, state, call, timeout)
+            response = await self._relay(exchange, route, state, call, timeout)
+            if state.completed:
+                await self._after_call(info)
+            return response
 
     def _stream_failure(
         self,
@@ -530,5 +552,7 @@ class RestEdge:
         except (ConnectionResetError, ConnectionError):
             call.cancel()
             raise
+        else:
+            state.completed = True
         await response.write_eof()
         return response

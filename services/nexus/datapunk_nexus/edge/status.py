@@ -81,8 +81,8 @@ def _retry_after(status: status_pb2.Status) -> int | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            seconds = float(info.retry_delay.seconds) + info.retry_delay.nanos / 1e9
-            return max(1, int(math.ceil(seconds)))
+            seconds: float = float(info.retry_delay.seconds) + info.retry_delay.nanos / 1e9
+            return max(1, math.ceil(seconds))
     return None
 
 

@@ -87,6 +87,10 @@ class PathTemplate:
         """The field paths the template binds, in order."""
         return tuple(p.field_path for p in self.parts if isinstance(p, _Variable))
 
+    def matches(self, raw_path: str) -> bool:
+        """Whether ``raw_path`` has this template's shape (values not decoded)."""
+        return self._regex.fullmatch(raw_path) is not None
+
     def match(self, raw_path: str) -> dict[str, str] | None:
         """The decoded value of each variable when ``raw_path`` (percent-encoded, without
         the query) matches, else None. Raises TemplateError for undecodable values."""
