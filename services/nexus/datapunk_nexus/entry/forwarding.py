@@ -29,7 +29,7 @@ from datapunk_nexus.entry.metadata import (
     returned,
 )
 from datapunk_nexus.entry.routes import CallKind, Route, RouteTable
-from datapunk_nexus.policy import CallInfo, RequestGate, ResponseCache
+from datapunk_nexus.policy import CallInfo, RequestGate, ResponseCache, rejection_headers
 
 __all__ = ["ForwardingHandler"]
 
@@ -119,9 +119,10 @@ class _Forwarder:
                 context.set_trailing_metadata(returned(await call.trailing_metadata(), request_id))
                 if cacheable:
                     await self.cache.put(info, response)
+                await self.cache.after_call(info)
                 return response
-        except DatapunkError as error:  # refused by the gate (or the cache failed)
-            await abort_with_error(context, error, request_id)
+        except DatapunkError as error:  # refused by the gate, with Retry-After/RateLimit-*
+            await abort_with_error(context, error, request_id, rejection_headers(error))
 
     async def unary_stream(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         request_id, metadata, timeout, info = self._begin(context, request)
@@ -140,8 +141,9 @@ class _Forwarder:
                 finally:
                     call.cancel()
                 context.set_trailing_metadata(returned(trailing, request_id))
+                await self.cache.after_call(info)
         except DatapunkError as error:
-            await abort_with_error(context, error, request_id)
+            await abort_with_error(context, error, request_id, rejection_headers(error))
 
     async def stream_unary(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
         request_id, metadata, timeout, info = self._begin(context, b"")
@@ -158,9 +160,10 @@ class _Forwarder:
                     call.cancel()
                 await self._send_headers(context, call, headers)
                 context.set_trailing_metadata(returned(await call.trailing_metadata(), request_id))
+                await self.cache.after_call(info)
                 return response
         except DatapunkError as error:
-            await abort_with_error(context, error, request_id)
+            await abort_with_error(context, error, request_id, rejection_headers(error))
 
     async def stream_stream(
         self, requests: AsyncIterator[bytes], context: Context
@@ -181,8 +184,9 @@ class _Forwarder:
                 finally:
                     call.cancel()
                 context.set_trailing_metadata(returned(trailing, request_id))
+                await self.cache.after_call(info)
         except DatapunkError as error:
-            await abort_with_error(context, error, request_id)
+            await abort_with_error(context, error, request_id, rejection_headers(error))
 
     def handler(self) -> grpc.RpcMethodHandler[bytes, bytes]:
         kind = self.route.kind
