@@ -377,7 +377,18 @@ class RefusingGate:
 
 @pytest.mark.parametrize(
     ("error", "http"),
-    [(ResourceExhausted("over the limit", retry_after=1.5), 429), (Unavailable("shed"), 503)],
+    [
+        (
+            ResourceExhausted(
+                "over the limit",
+                retry_after=1.5,
+                reason="RATE_LIMITED",
+                metadata={"limit": "10", "remaining": "0"},
+            ),
+            429,
+        ),
+        (Unavailable("shed", retry_after=0.2), 503),
+    ],
 )
 async def test_gate_refusals(backend: tuple[str, ItemBackend], error: Exception, http: int) -> None:
     async with rest_edge({"test": backend[0]}, gate=RefusingGate(error)) as edge:
@@ -386,6 +397,9 @@ async def test_gate_refusals(backend: tuple[str, ItemBackend], error: Exception,
     assert body["code"] in (8, 14)
     if http == 429:
         assert headers["Retry-After"] == "2"
+        assert (headers["RateLimit-Limit"], headers["RateLimit-Remaining"]) == ("10", "0")
+    else:
+        assert headers["Retry-After"] == "1"
 
 
 class MemoryCache:

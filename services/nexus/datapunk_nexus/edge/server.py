@@ -47,7 +47,14 @@ from datapunk_nexus.edge.status import (
 )
 from datapunk_nexus.edge.template import TemplateError
 from datapunk_nexus.edge.transcode import decode_response, encode_request, parse_json_body
-from datapunk_nexus.policy import CallInfo, NoCache, OpenGate, RequestGate, ResponseCache
+from datapunk_nexus.policy import (
+    CallInfo,
+    NoCache,
+    OpenGate,
+    RequestGate,
+    ResponseCache,
+    rejection_headers,
+)
 
 __all__ = ["RestEdge"]
 
@@ -198,6 +205,8 @@ class RestEdge:
             response = self._error(exchange, answer_for_error(refused.error, refused.http_status))
             response.force_close()  # an unread body may follow; do not reuse the connection
         except DatapunkError as exc:
+            # Retry-After and, for a rate limit, the RateLimit-* headers of a refusal.
+            exchange.headers.update(rejection_headers(exc))
             response = self._error(exchange, answer_for_error(exc))
         except grpc.aio.AioRpcError as exc:  # pragma: no cover - handled where calls are made
             response = self._error(exchange, answer_for_rpc_error(exc, backend="?", timeout=None))
@@ -399,11 +408,8 @@ class RestEdge:
         return self._json(exchange, decode_response(route, data))
 
     async def _after_call(self, call: CallInfo) -> None:
-        # Lets the cache drop what a write changed. Caches written against the first
-        # version of the seam have no ``after_call``; they invalidate nothing.
-        after_call = getattr(self.cache, "after_call", None)
-        if after_call is not None:
-            await after_call(call)
+        """Lets the cache drop what a successful write changed."""
+        await self.cache.after_call(call)
 
     async def _ndjson_messages(
         self, exchange: _Exchange, route: Route, values: dict[str, str], state: _StreamState
