@@ -83,6 +83,7 @@ class StackDir:
                 "DATAPUNK_ENGINES__MQTT__URL": f"mqtt://127.0.0.1:{p['mqtt']}",
                 "DATAPUNK_ENGINES__REDIS__URL": self.redis_url,
                 "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(p["nexus_grpc_entry"]),
+                "DATAPUNK_NEXUS__REST__PORT": str(p["nexus_rest"]),
             }
         )
         env.update(self.extra_env)
@@ -131,6 +132,7 @@ _PORT_NAMES = (
     "mqtt",
     "redis",
     "nexus_grpc_entry",
+    "nexus_rest",
 )
 
 
