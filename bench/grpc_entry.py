@@ -1,0 +1,384 @@
+"""Nexus's gRPC entry in front of the Lake, against calling the Lake directly.
+
+Two real processes on loopback, in the same run: ``datapunk-lake`` and ``datapunk-nexus``
+(its entry forwarding ``datapunk.lake.*`` to that Lake; the open gate, no cache). The
+call is the Lake's unary ``StatusService/GetStatus{refresh: false}`` (answered from its
+cached health results, no engine round-trip: the engines point at closed ports), so the
+entry's own cost is what the comparison shows.
+
+Two closed-loop load generators: ghz (Go, not ours; descriptor set
+``gen/descriptors/datapunk.binpb``) and a ``grpc.aio`` Python client, each with
+``CONCURRENCY`` calls in flight on one connection. Rounds alternate which path goes
+first; the ratio is taken per round (the two runs are back to back) and the median over
+rounds is reported, with the CPU time per call of the entry's and the Lake's processes.
+
+Bar (issue 4): entry QPS >= 0.7 x direct QPS, for each load generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from datapunk.lake.v1 import status_pb2, status_pb2_grpc
+
+from bench.common import (
+    REPO_ROOT,
+    Bar,
+    Result,
+    free_port,
+    process_cpu_seconds,
+    stop_process,
+    summarize_latencies,
+    wait_until,
+)
+
+__all__ = ["DESCRIPTION", "NAME", "run"]
+
+lake_grpc: Any = status_pb2_grpc  # generated stubs are untyped
+
+NAME = "grpc_entry"
+DESCRIPTION = "unary Lake GetStatus through Nexus's gRPC entry vs directly to the Lake"
+
+METHOD = "datapunk.lake.v1.StatusService/GetStatus"
+GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
+PROTOSET = REPO_ROOT / "gen" / "descriptors" / "datapunk.binpb"
+BIN = Path(sys.executable).parent
+
+ROUNDS = 3
+CONCURRENCY = 16
+SECONDS = 3.0
+WARMUP_SECONDS = 1.0
+QPS_RATIO_BAR = 0.7
+PATHS = ("entry", "direct")
+_CUT_OFF = "use of closed network connection"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    tool: str
+    path: str
+    round: int
+    calls: int
+    errors: int
+    qps: float
+    p50_us: float
+    p99_us: float
+    lake_cpu_us_per_call: float
+    entry_cpu_us_per_call: float
+    """CPU of the Nexus process (where the entry runs) per call; ~0 on the direct path."""
+
+
+@dataclass
+class Processes:
+    ports: dict[str, int]
+    lake_pid: int
+    nexus_pid: int
+
+    def cpu(self) -> tuple[float, float]:
+        return process_cpu_seconds(self.lake_pid), process_cpu_seconds(self.nexus_pid)
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
+    closed = {
+        # Engines that are not there: connection refused; the services answer anyway.
+        "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
+        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{free_port()}",
+        "DATAPUNK_ENGINES__QUESTDB__PG_URL": f"postgresql://admin:quest@127.0.0.1:{free_port()}/qdb",
+        "DATAPUNK_ENGINES__REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+        "DATAPUNK_LOG__LEVEL": "INFO",
+    }
+    env.update(closed)
+    env.update(settings)
+    return env
+
+
+def _wait_answers(port: int, process: subprocess.Popen[Any]) -> None:
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"pid {process.pid} exited with {process.returncode}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                lake_grpc.StatusServiceStub(channel).GetStatus(
+                    status_pb2.GetStatusRequest(), timeout=1.0
+                )
+            except grpc.RpcError:
+                return False
+        return True
+
+    wait_until(ready, timeout=60.0, what=f"GetStatus on port {port}")
+
+
+@contextmanager
+def _processes(workdir: Path) -> Iterator[Processes]:
+    started: list[subprocess.Popen[Any]] = []
+    try:
+        lake_port, entry_port = free_port(), free_port()
+        lake_env = _env(
+            DATAPUNK_LAKE__PORT=str(lake_port),
+            DATAPUNK_LAKE__METRICS_PORT=str(free_port()),
+            DATAPUNK_LAKE__VECTORS__PATH=str(workdir / "vectors"),
+        )
+        nexus_env = _env(
+            DATAPUNK_NEXUS__PORT=str(free_port()),
+            DATAPUNK_NEXUS__METRICS_PORT=str(free_port()),
+            DATAPUNK_NEXUS__REST__PORT=str(free_port()),
+            DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entry_port),
+            DATAPUNK_NEXUS__GRPC_ENTRY__BACKENDS=json.dumps({"lake": f"127.0.0.1:{lake_port}"}),
+        )
+        for name, env in (("lake", lake_env), ("nexus", nexus_env)):
+            with (workdir / f"{name}.log").open("wb") as log:
+                started.append(
+                    subprocess.Popen(
+                        [str(BIN / f"datapunk-{name}")],
+                        cwd=workdir,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        lake, nexus = started
+        _wait_answers(lake_port, lake)
+        _wait_answers(entry_port, nexus)
+        yield Processes({"direct": lake_port, "entry": entry_port}, lake.pid, nexus.pid)
+    finally:
+        for process in reversed(started):
+            stop_process(process)
+
+
+def _ghz(port: int, seconds: float) -> tuple[int, int, float, float, float]:
+    """ok calls, errors, seconds, p50 us, p99 us."""
+    command = [
+        str(GHZ),
+        "--insecure",
+        "--protoset",
+        str(PROTOSET),
+        "--call",
+        METHOD,
+        "--data",
+        "{}",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--connections",
+        "1",
+        "--duration",
+        f"{seconds}s",
+        "--format",
+        "json",
+        f"127.0.0.1:{port}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    if done.returncode != 0 and not done.stdout.strip():
+        raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    percentiles = {
+        int(entry["percentage"]): entry["latency"] / 1e3
+        for entry in report.get("latencyDistribution") or []
+    }
+    ok = int((report.get("statusCodeDistribution") or {}).get("OK", 0))
+    errors = sum(
+        int(count)
+        for message, count in (report.get("errorDistribution") or {}).items()
+        if _CUT_OFF not in message  # calls ghz itself cut off when its time was up
+    )
+    return (
+        ok,
+        errors,
+        report["total"] / 1e9,
+        percentiles.get(50, float("nan")),
+        percentiles.get(99, float("nan")),
+    )
+
+
+async def _python_load(port: int, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    request = status_pb2.GetStatusRequest()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = lake_grpc.StatusServiceStub(channel)
+        await channel.channel_ready()
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            clock = time.perf_counter
+            while clock() < deadline:
+                started = clock()
+                try:
+                    await stub.GetStatus(request, timeout=10.0)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(clock() - started)
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return latencies, errors
+
+
+def _python(port: int, seconds: float) -> tuple[int, int, float, float, float]:
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(_python_load(port, seconds))
+    elapsed = time.perf_counter() - started
+    summary = summarize_latencies(latencies)
+    return len(latencies), errors, elapsed, summary["p50_us"], summary["p99_us"]
+
+
+def _measure(tool: str, path: str, procs: Processes, seconds: float, rnd: int) -> Measurement:
+    lake_before, nexus_before = procs.cpu()
+    load = _ghz if tool == "ghz" else _python
+    ok, errors, elapsed, p50, p99 = load(procs.ports[path], seconds)
+    lake_after, nexus_after = procs.cpu()
+    calls = max(ok + errors, 1)
+    return Measurement(
+        tool=tool,
+        path=path,
+        round=rnd,
+        calls=ok + errors,
+        errors=errors,
+        qps=ok / elapsed if elapsed > 0 else float("nan"),
+        p50_us=p50,
+        p99_us=p99,
+        lake_cpu_us_per_call=(lake_after - lake_before) / calls * 1e6,
+        entry_cpu_us_per_call=(nexus_after - nexus_before) / calls * 1e6,
+    )
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run() -> Result:
+    for needed, how in ((GHZ, "scripts/install-tools.sh"), (PROTOSET, "scripts/gen.sh")):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed} is missing; run {how}")
+    measurements: list[Measurement] = []
+    workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-entry-"))
+    try:
+        with _processes(workdir) as procs:
+            for path in PATHS:  # warm-up: connections, lazy imports, handler caches
+                for tool in ("ghz", "python"):
+                    _measure(tool, path, procs, WARMUP_SECONDS, 0)
+            for rnd in range(1, ROUNDS + 1):
+                order = PATHS if rnd % 2 else tuple(reversed(PATHS))
+                for tool in ("ghz", "python"):
+                    for path in order:
+                        m = _measure(tool, path, procs, SECONDS, rnd)
+                        measurements.append(m)
+                        print(
+                            f"  round {rnd} {tool:6} {path:6} {m.qps:8.0f} qps"
+                            f"  p50 {m.p50_us:7.1f} us"
+                            + (f"  ERRORS {m.errors}" if m.errors else ""),
+                            flush=True,
+                        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _result(measurements)
+
+
+def _result(measurements: list[Measurement]) -> Result:
+    rows: list[list[Any]] = []
+    bars: list[Bar] = []
+    summary: dict[str, Any] = {}
+    for tool in ("ghz", "python"):
+
+        def pick(path: str, tool: str = tool) -> list[Measurement]:
+            chosen = (m for m in measurements if m.tool == tool and m.path == path)
+            return sorted(chosen, key=lambda m: m.round)
+
+        entry, direct = pick("entry"), pick("direct")
+        ratios = [e.qps / d.qps for e, d in zip(entry, direct, strict=True) if d.qps > 0]
+        added = [e.p50_us - d.p50_us for e, d in zip(entry, direct, strict=True)]
+        row: dict[str, Any] = {
+            "entry_qps": _median([m.qps for m in entry]),
+            "direct_qps": _median([m.qps for m in direct]),
+            "qps_ratio": _median(ratios),
+            "entry_p50_us": _median([m.p50_us for m in entry]),
+            "direct_p50_us": _median([m.p50_us for m in direct]),
+            "added_p50_us": _median(added),
+            "entry_p99_us": _median([m.p99_us for m in entry]),
+            "direct_p99_us": _median([m.p99_us for m in direct]),
+            "entry_process_cpu_us_per_call": _median([m.entry_cpu_us_per_call for m in entry]),
+            "lake_cpu_us_per_call": _median([m.lake_cpu_us_per_call for m in direct]),
+            "errors": sum(m.errors for m in entry + direct),
+            "per_round_qps_ratio": ratios,
+        }
+        summary[tool] = row
+        rows.append(
+            [
+                tool,
+                row["entry_qps"],
+                row["direct_qps"],
+                row["qps_ratio"],
+                row["entry_p50_us"],
+                row["direct_p50_us"],
+                row["added_p50_us"],
+                row["entry_p99_us"],
+                row["direct_p99_us"],
+                row["entry_process_cpu_us_per_call"],
+                row["lake_cpu_us_per_call"],
+                row["errors"],
+            ]
+        )
+        bars.append(
+            Bar(
+                f"{tool}: entry/direct QPS at {CONCURRENCY} in flight",
+                row["qps_ratio"],
+                QPS_RATIO_BAR,
+                ">=",
+                "x",
+            )
+        )
+    errors = sum(m.errors for m in measurements)
+    notes = [
+        f"{ROUNDS} rounds of {SECONDS:.0f} s per path and tool, alternating which path goes "
+        "first; medians over rounds, ratios taken per round.",
+        f"{os.cpu_count()} CPUs shared by the load generator, the Lake and (entry path) the "
+        "Nexus process: the entry's CPU per call competes with the Lake's on a small machine.",
+    ]
+    if errors:
+        notes.append(f"{errors} calls failed; see measurements")
+        bars.append(Bar("calls that failed", float(errors), 0.0, "<="))
+    return Result(
+        name=NAME,
+        description=DESCRIPTION,
+        columns=[
+            "client",
+            "entry qps",
+            "direct qps",
+            "ratio",
+            "entry p50 us",
+            "direct p50 us",
+            "added p50 us",
+            "entry p99 us",
+            "direct p99 us",
+            "nexus cpu us/call",
+            "lake cpu us/call",
+            "errors",
+        ],
+        rows=rows,
+        bars=bars,
+        details={
+            "method": METHOD,
+            "rounds": ROUNDS,
+            "concurrency": CONCURRENCY,
+            "seconds": SECONDS,
+            "summary": summary,
+            "measurements": [asdict(m) for m in measurements],
+        },
+        notes=notes,
+    )
