@@ -3,7 +3,8 @@
 # Stream and Nexus. Everything goes through server reflection (no .proto files given),
 # except one call that sends the repository's own proto/ files to prove the served
 # contract and the published one agree on the wire.
-# Addresses: LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR (defaults 127.0.0.1:50051/50052/50053).
+# Addresses: LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR (defaults 127.0.0.1:50051/50052/50053) and
+# ENTRY_ADDR, Nexus's gRPC entry (default 127.0.0.1:50050).
 # Usage: contract-tests/grpcurl.sh   (needs build/tools/bin/grpcurl: scripts/install-tools.sh)
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -104,6 +105,21 @@ echo "== grpcurl $("$grpcurl" -version 2>&1 | awk '{print $2}') contract checks"
 check_service lake "${LAKE_ADDR:-127.0.0.1:50051}"
 check_service stream "${STREAM_ADDR:-127.0.0.1:50052}"
 check_service nexus "${NEXUS_ADDR:-127.0.0.1:50053}"
+
+# The same checks through Nexus's gRPC entry, one address for every service (reflection and
+# health answered by the entry, every call forwarded to the service that owns it).
+entry="${ENTRY_ADDR:-127.0.0.1:50050}"
+for name in lake stream nexus; do
+  check_service "$name" "$entry"
+done
+# The entry passes the caller's request id to the service and returns it in the trailers.
+if "$grpcurl" -plaintext -v -connect-timeout 5 -max-time 15 -H 'x-request-id: contract-entry-1' \
+  -d '{}' "$entry" datapunk.lake.v1.StatusService/GetStatus >"$tmp/rid" 2>&1 &&
+  grep -qi '^x-request-id: contract-entry-1$' "$tmp/rid"; then
+  pass "entry: x-request-id comes back from the Lake through the entry"
+else
+  fail "entry: x-request-id should come back in the trailers" "$(cat "$tmp/rid")"
+fi
 if [ "$failures" -ne 0 ]; then
   echo "grpcurl: $failures check(s) FAILED"
   exit 1

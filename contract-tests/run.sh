@@ -18,6 +18,7 @@ suites=("$@")
 export LAKE_ADDR="${LAKE_ADDR:-127.0.0.1:50051}"
 export STREAM_ADDR="${STREAM_ADDR:-127.0.0.1:50052}"
 export NEXUS_ADDR="${NEXUS_ADDR:-127.0.0.1:50053}"
+export ENTRY_ADDR="${ENTRY_ADDR:-127.0.0.1:50050}"  # Nexus's gRPC entry (grpcurl suite)
 
 banner() { printf '\n===== %s\n' "$*"; }
 now() { date +%s.%N; }
@@ -54,7 +55,7 @@ echo "prepared in $(since "$start"); targets: lake=$LAKE_ADDR stream=$STREAM_ADD
 # A service that has just started may not answer yet: wait up to CONTRACT_WAIT_SECONDS
 # (default 20) for each to answer over gRPC, then run the suites either way.
 wait_until=$(($(date +%s) + ${CONTRACT_WAIT_SECONDS:-20}))
-for target in "lake=$LAKE_ADDR" "stream=$STREAM_ADDR" "nexus=$NEXUS_ADDR"; do
+for target in "lake=$LAKE_ADDR" "stream=$STREAM_ADDR" "nexus=$NEXUS_ADDR" "entry=$ENTRY_ADDR"; do
   until "$root/build/tools/bin/grpcurl" -plaintext -connect-timeout 2 -max-time 4 "${target#*=}" list >/dev/null 2>&1; do
     if [ "$(date +%s)" -ge "$wait_until" ]; then
       echo "warning: ${target%%=*} at ${target#*=} does not answer gRPC; its checks will fail"
