@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "vectors": "bench.vectors",
     "timeseries": "bench.timeseries",
     "spatial": "bench.spatial",
+    "edge": "bench.edge",
     "grpc_entry": "bench.grpc_entry",
 }
 
