@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "spatial": "bench.spatial",
     "edge": "bench.edge",
     "grpc_entry": "bench.grpc_entry",
+    "limits": "bench.limits",
 }
 
 
