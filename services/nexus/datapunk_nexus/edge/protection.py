@@ -179,6 +179,7 @@ def security_headers(hsts_max_age: int) -> Mapping[str, str]:
         "Referrer-Policy": "no-referrer",
         "Content-Security-Policy": API_CSP,
         "Cache-Control": "no-store",
+        "Server": "datapunk",  # not aiohttp's name and version
     }
     if hsts_max_age > 0:
         headers["Strict-Transport-Security"] = f"max-age={hsts_max_age}; includeSubDomains"
