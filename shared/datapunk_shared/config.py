@@ -13,7 +13,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +46,7 @@ __all__ = [
     "RateLimitRule",
     "RateLimitSettings",
     "RedisSettings",
+    "RestEdgeSettings",
     "ServiceSettings",
     "Settings",
     "SpatialStoreSettings",
@@ -292,6 +300,7 @@ class NexusSettings(ServiceSettings):
     grpc_entry: GrpcEntrySettings = GrpcEntrySettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
+    rest: RestEdgeSettings = RestEdgeSettings()
 
 
 class PostgresSettings(_Strict):
