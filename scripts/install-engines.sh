@@ -10,7 +10,8 @@ cd "$root"
 JAVA_HOME_25="${DATAPUNK_JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}"
 LIB_DIR="$root/build/engines/lib"
 POM="$root/stack/engines/pom.xml"
-APT_PACKAGES=(postgresql-15 postgresql-15-postgis-3 redis-server mosquitto mosquitto-clients kcat)
+# wrk is the HTTP load generator of the REST edge benchmark (bench/edge.py).
+APT_PACKAGES=(postgresql-15 postgresql-15-postgis-3 redis-server mosquitto mosquitto-clients kcat wrk)
 
 say() { printf 'install-engines: %s\n' "$*"; }
 die() { printf 'install-engines: error: %s\n' "$*" >&2; exit 1; }
