@@ -44,6 +44,8 @@ __all__ = [
     "TextMatch",
     "VectorEngine",
     "VectorQuery",
+    "point_id_of",
+    "vector_of",
 ]
 
 DEFAULT_M = 16
@@ -54,6 +56,16 @@ MAX_FILTER_DEPTH = 16
 
 PointId: TypeAlias = int | str
 """An unsigned 64-bit integer, or a UUID in canonical text form (lower case)."""
+
+
+def point_id_of(value: Any) -> PointId:
+    """An engine's point id (an integer, or a UUID as an object or as text) as a PointId."""
+    return value if isinstance(value, int) else str(value)
+
+
+def vector_of(value: Any) -> Sequence[float] | None:
+    """An engine's stored vector, or None when it returned none (or not a plain list)."""
+    return value if isinstance(value, list) else None
 
 
 class Distance(enum.Enum):

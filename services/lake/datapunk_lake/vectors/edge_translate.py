@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,19 +23,19 @@ from datapunk_lake.vectors.domain import (
     MatchAny,
     Nested,
     NumberRange,
-    PointId,
     Quantization,
     Record,
     ScoredPoint,
     TextMatch,
     VectorQuery,
+    point_id_of,
+    vector_of,
 )
 
 __all__ = [
     "edge_config",
     "edge_filter",
     "edge_query",
-    "from_edge_id",
     "record_of",
     "schema_type",
     "scored_of",
@@ -175,26 +173,16 @@ def edge_query(query: VectorQuery, default_ef: int) -> qe.QueryRequest:
     )
 
 
-def from_edge_id(value: Any) -> PointId:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return str(value)
-
-
-def _vector(value: Any) -> Sequence[float] | None:
-    return value if isinstance(value, list) else None
-
-
 def scored_of(point: qe.ScoredPoint) -> ScoredPoint:
     return ScoredPoint(
-        id=from_edge_id(point.id),
+        id=point_id_of(point.id),
         score=point.score,
-        vector=_vector(point.vector),
+        vector=vector_of(point.vector),
         payload=point.payload,
     )
 
 
 def record_of(record: qe.Record) -> Record:
-    return Record(id=from_edge_id(record.id), vector=_vector(record.vector), payload=record.payload)
+    return Record(
+        id=point_id_of(record.id), vector=vector_of(record.vector), payload=record.payload
+    )

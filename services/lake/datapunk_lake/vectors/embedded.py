@@ -51,12 +51,12 @@ from datapunk_lake.vectors.domain import (
     ScrollPage,
     Selector,
     VectorQuery,
+    point_id_of,
 )
 from datapunk_lake.vectors.edge_translate import (
     edge_config,
     edge_filter,
     edge_query,
-    from_edge_id,
     record_of,
     schema_type,
     scored_of,
@@ -381,7 +381,7 @@ class EmbeddedEngine:
     ) -> list[Record]:
         c = self._get(name)
         found = {
-            from_edge_id(r.id): record_of(r)
+            point_id_of(r.id): record_of(r)
             for r in c.shard.retrieve(list(ids), with_payload=with_payload, with_vector=with_vector)
         }
         return [found[i] for i in ids if i in found]
@@ -418,7 +418,7 @@ class EmbeddedEngine:
         )
         return ScrollPage(
             [record_of(r) for r in records],
-            None if next_offset is None else from_edge_id(next_offset),
+            None if next_offset is None else point_id_of(next_offset),
         )
 
     async def count(self, name: str, filter: Filter | None) -> int:

@@ -3,7 +3,6 @@ Qdrant server engine."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,13 +25,14 @@ from datapunk_lake.vectors.domain import (
     Nested,
     NumberRange,
     Point,
-    PointId,
     Quantization,
     Record,
     ScoredPoint,
     Selector,
     TextMatch,
     VectorQuery,
+    point_id_of,
+    vector_of,
 )
 
 __all__ = [
@@ -210,19 +210,16 @@ def selector(chosen: Selector) -> m.PointIdsList | m.FilterSelector:
     return m.FilterSelector(filter=server_filter(chosen.filter or Filter()))
 
 
-def _id(value: Any) -> PointId:
-    return value if isinstance(value, int) else str(value)
-
-
-def _vector(value: Any) -> Sequence[float] | None:
-    return value if isinstance(value, list) else None
-
-
 def scored_of(point: m.ScoredPoint) -> ScoredPoint:
     return ScoredPoint(
-        id=_id(point.id), score=point.score, vector=_vector(point.vector), payload=point.payload
+        id=point_id_of(point.id),
+        score=point.score,
+        vector=vector_of(point.vector),
+        payload=point.payload,
     )
 
 
 def record_of(record: m.Record) -> Record:
-    return Record(id=_id(record.id), vector=_vector(record.vector), payload=record.payload)
+    return Record(
+        id=point_id_of(record.id), vector=vector_of(record.vector), payload=record.payload
+    )
