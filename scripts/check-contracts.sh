@@ -32,7 +32,7 @@ fi
 echo "== generated code drift"
 fresh="$(mktemp -d)"
 scripts/gen.sh "$fresh"
-if ! diff -r -q "$fresh" gen; then
+if ! diff -r -q -x __pycache__ "$fresh" gen; then
   echo "gen/ is out of date: run 'make gen' and commit the result" >&2
   rm -rf "$fresh"
   exit 1
