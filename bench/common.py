@@ -1,39 +1,55 @@
 """What every benchmark shares: percentiles, bars, a plain-text table, the JSON result
-file and a few process helpers (free ports, starting and stopping servers).
+file, the command line of a benchmark run on its own, and the process helpers (free
+ports, environments, starting a server, waiting for it to answer, stopping it).
 
 A benchmark module exposes ``NAME`` (its result file name), ``DESCRIPTION`` and
 ``run() -> Result``; ``bench/run.py`` lists the modules it runs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import grpc
+
 __all__ = [
     "BENCH_DIR",
+    "BIN",
+    "LAKE_BIN",
     "REPO_ROOT",
     "RESULTS_DIR",
     "Bar",
     "Result",
+    "clean_env",
+    "closed_engines",
     "format_table",
     "free_port",
     "machine",
+    "main_with_quick",
+    "median",
     "percentile",
     "process_cpu_seconds",
+    "require_file",
+    "running_lake",
+    "start_logged",
     "stop_process",
     "summarize_latencies",
+    "wait_grpc",
     "wait_until",
     "write_result",
 ]
@@ -41,6 +57,9 @@ __all__ = [
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+BIN = Path(sys.executable).parent
+"""Where the virtualenv's console scripts (``datapunk-lake`` and the others) are."""
+LAKE_BIN = BIN / "datapunk-lake"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -54,6 +73,11 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values``; NaN when there are none."""
+    return statistics.median(values) if values else math.nan
 
 
 def summarize_latencies(seconds: Sequence[float]) -> dict[str, float]:
@@ -209,3 +233,146 @@ def stop_process(process: subprocess.Popen[Any], *, grace: float = 10.0) -> int 
         print(f"bench: pid {process.pid} ignored SIGTERM; killing it", file=sys.stderr)
         process.kill()
         return process.wait(timeout=grace)
+
+
+def require_file(path: Path, how: str) -> None:
+    """Raise FileNotFoundError when ``path`` is missing, saying to run ``how``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run {how}")
+
+
+# --- the command line of a benchmark run on its own ------------------------------------
+
+
+def main_with_quick(
+    run: Callable[[bool], Result],
+    description: str,
+    quick_help: str,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """``python -m bench.<name> [--quick]``: run, print the table, the bars and the notes,
+    write the result file; exit status 0."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    print(format_table(result.columns, result.rows))
+    for bar in result.bars:
+        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"wrote {write_result(result)}")
+    return 0
+
+
+# --- server processes ------------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any DATAPUNK_* setting the caller may have."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
+
+
+def closed_engines(*engines: str) -> dict[str, str]:
+    """Settings pointing each of ``engines`` (postgres, questdb, redis, kafka, mqtt) at a
+    free loopback port nobody listens on: connection refused, rather than reaching
+    someone's stack. The services start anyway (NOT_SERVING where they need it)."""
+    urls: dict[str, Callable[[], dict[str, str]]] = {
+        "postgres": lambda: {
+            "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+        },
+        "questdb": lambda: {
+            "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{free_port()}",
+            "DATAPUNK_ENGINES__QUESTDB__PG_URL": (
+                f"postgresql://admin:quest@127.0.0.1:{free_port()}/qdb"
+            ),
+        },
+        "redis": lambda: {"DATAPUNK_ENGINES__REDIS__URL": f"redis://127.0.0.1:{free_port()}/0"},
+        "kafka": lambda: {"DATAPUNK_ENGINES__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"},
+        "mqtt": lambda: {"DATAPUNK_ENGINES__MQTT__URL": f"mqtt://127.0.0.1:{free_port()}"},
+    }
+    settings: dict[str, str] = {}
+    for engine in engines:
+        settings.update(urls[engine]())
+    return settings
+
+
+def start_logged(
+    command: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in ``cwd`` with exactly ``env``, no stdin, stdout and stderr to
+    the file ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_grpc(
+    process: subprocess.Popen[Any],
+    address: str,
+    *,
+    what: str,
+    timeout: float = 60.0,
+    probe: Callable[[grpc.Channel], object] | None = None,
+    log: Path | None = None,
+) -> None:
+    """Wait until ``process`` answers gRPC on ``address``: ``probe(channel)`` returns
+    without an RpcError (by default: the channel becomes ready within 0.5 s). Raise
+    RuntimeError when the process exits, TimeoutError after ``timeout``."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            see = f"; see {log}" if log is not None else ""
+            raise RuntimeError(f"{what}: pid {process.pid} exited with {process.returncode}{see}")
+        with grpc.insecure_channel(address) as channel:
+            try:
+                if probe is None:
+                    grpc.channel_ready_future(channel).result(timeout=0.5)
+                else:
+                    probe(channel)
+            except (grpc.RpcError, grpc.FutureTimeoutError):
+                return False
+        return True
+
+    wait_until(ready, timeout=timeout, what=what)
+
+
+@contextmanager
+def running_lake(
+    workdir: Path,
+    settings: Mapping[str, str],
+    *,
+    vectors: Path | None = None,
+    probe: Callable[[grpc.Channel], object] | None = None,
+    what: str = "the Lake",
+) -> Iterator[str]:
+    """A ``datapunk-lake`` on a free loopback port, configured by the repository's
+    ``datapunk.toml``, none of the caller's DATAPUNK_* settings and then ``settings``; its
+    vector shards in ``vectors`` (default ``workdir/vectors``), its log in
+    ``workdir/lake.log``. Yields its address once it answers (see ``wait_grpc``), stops it
+    on the way out."""
+    port = free_port()
+    env = clean_env()
+    env.update(
+        {
+            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
+            "DATAPUNK_LAKE__PORT": str(port),
+            "DATAPUNK_LAKE__METRICS_PORT": str(free_port()),
+            "DATAPUNK_LAKE__VECTORS__PATH": str(vectors or workdir / "vectors"),
+        }
+    )
+    env.update(settings)
+    log = workdir / "lake.log"
+    process = start_logged([str(LAKE_BIN)], env=env, log=log, cwd=REPO_ROOT)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_grpc(process, address, what=what, probe=probe, log=log)
+        yield address
+    finally:
+        stop_process(process)

@@ -13,13 +13,10 @@ Bars (issue 4): REST QPS >= 0.5 x direct gRPC QPS; REST p50 - gRPC p50 <= 1 ms."
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -29,14 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    REPO_ROOT,
+    BIN,
     Bar,
     Result,
+    clean_env,
+    closed_engines,
     free_port,
     process_cpu_seconds,
+    require_file,
+    start_logged,
     stop_process,
     wait_until,
 )
+from bench.load import GHZ, run_ghz
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
 
@@ -45,9 +47,6 @@ DESCRIPTION = (
     "GET /v1/lake/status via the Nexus REST edge (wrk) vs gRPC GetStatus to the Lake (ghz)"
 )
 
-GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
-PROTOSET = REPO_ROOT / "gen" / "descriptors" / "datapunk.binpb"
-BIN = Path(sys.executable).parent
 METHOD = "datapunk.lake.v1.StatusService/GetStatus"
 PATH = "/v1/lake/status"
 
@@ -72,25 +71,14 @@ class Measurement:
     nexus_cpu_us_per_call: float
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("DATAPUNK_")}
-
-
 @contextmanager
 def _processes(workdir: Path) -> Iterator[tuple[int, int, int]]:
     """Lake and Nexus on free ports; yields (lake gRPC port, REST port, Nexus pid)."""
     started: list[subprocess.Popen[bytes]] = []
-    closed = {name: free_port() for name in ("pg", "qdb_http", "qdb_pg", "redis")}
-    engines = {
-        "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{closed['pg']}/x",
-        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{closed['qdb_http']}",
-        "DATAPUNK_ENGINES__QUESTDB__PG_URL": f"postgresql://a:b@127.0.0.1:{closed['qdb_pg']}/q",
-        "DATAPUNK_ENGINES__REDIS__URL": f"redis://127.0.0.1:{closed['redis']}/0",
-    }
     lake_port, rest_port = free_port(), free_port()
     env = {
-        **_clean_env(),
-        **engines,
+        **clean_env(),
+        **closed_engines("postgres", "questdb", "redis"),
         "DATAPUNK_LAKE__PORT": str(lake_port),
         "DATAPUNK_LAKE__METRICS_PORT": str(free_port()),
         "DATAPUNK_LAKE__VECTORS__PATH": str(workdir / "vectors"),
@@ -104,17 +92,8 @@ def _processes(workdir: Path) -> Iterator[tuple[int, int, int]]:
     }
     try:
         for name in ("lake", "nexus"):
-            with (workdir / f"{name}.log").open("wb") as log:
-                started.append(
-                    subprocess.Popen(
-                        [str(BIN / f"datapunk-{name}")],
-                        cwd=workdir,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
+            command = [str(BIN / f"datapunk-{name}")]
+            started.append(start_logged(command, env=env, log=workdir / f"{name}.log", cwd=workdir))
 
         def answers() -> bool:
             for process in started:
@@ -170,50 +149,16 @@ def _wrk(port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int) ->
 
 
 def _ghz(port: int, concurrency: int, seconds: int, rnd: int) -> Measurement:
-    done = subprocess.run(
-        [
-            str(GHZ),
-            "--insecure",
-            "--protoset",
-            str(PROTOSET),
-            "--call",
-            METHOD,
-            "--data",
-            "{}",
-            "--concurrency",
-            str(concurrency),
-            "--connections",
-            "1",
-            "--duration",
-            f"{seconds}s",
-            "--format",
-            "json",
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
-    report = json.loads(done.stdout)
-    percentiles = {
-        int(e["percentage"]): e["latency"] / 1e3 for e in report.get("latencyDistribution") or []
-    }
-    ok = int((report.get("statusCodeDistribution") or {}).get("OK", 0))
-    errors = sum(
-        int(n)
-        for message, n in (report.get("errorDistribution") or {}).items()
-        if "use of closed network connection" not in message  # ghz's own cut-off
-    )
+    done = run_ghz(port, METHOD, concurrency=concurrency, seconds=seconds)
     return Measurement(
         "grpc",
         "ghz",
         concurrency,
         rnd,
-        ok / (report["total"] / 1e9),
-        percentiles.get(50, float("nan")),
-        percentiles.get(99, float("nan")),
-        errors,
+        done.ok / done.seconds,
+        done.percentile_us(50),
+        done.percentile_us(99),
+        done.errors,
         0.0,
     )
 
@@ -221,8 +166,7 @@ def _ghz(port: int, concurrency: int, seconds: int, rnd: int) -> Measurement:
 def run() -> Result:
     if shutil.which("wrk") is None:
         raise FileNotFoundError("wrk is not installed (Debian package 'wrk')")
-    if not GHZ.is_file():
-        raise FileNotFoundError(f"{GHZ} is missing; run scripts/install-tools.sh")
+    require_file(GHZ, "scripts/install-tools.sh")
     measurements: list[Measurement] = []
     workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-edge-"))
     try:

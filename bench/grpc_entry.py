@@ -17,15 +17,11 @@ Bar (issue 4): entry QPS >= 0.7 x direct QPS, for each load generator.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -36,15 +32,21 @@ import grpc
 from datapunk.lake.v1 import status_pb2, status_pb2_grpc
 
 from bench.common import (
-    REPO_ROOT,
+    BIN,
     Bar,
     Result,
+    clean_env,
+    closed_engines,
     free_port,
+    median,
     process_cpu_seconds,
+    require_file,
+    start_logged,
     stop_process,
     summarize_latencies,
-    wait_until,
+    wait_grpc,
 )
+from bench.load import GHZ, PROTOSET, python_load, run_ghz
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
 
@@ -54,9 +56,6 @@ NAME = "grpc_entry"
 DESCRIPTION = "unary Lake GetStatus through Nexus's gRPC entry vs directly to the Lake"
 
 METHOD = "datapunk.lake.v1.StatusService/GetStatus"
-GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
-PROTOSET = REPO_ROOT / "gen" / "descriptors" / "datapunk.binpb"
-BIN = Path(sys.executable).parent
 
 ROUNDS = 3
 CONCURRENCY = 16
@@ -64,7 +63,6 @@ SECONDS = 3.0
 WARMUP_SECONDS = 1.0
 QPS_RATIO_BAR = 0.7
 PATHS = ("entry", "direct")
-_CUT_OFF = "use of closed network connection"
 
 
 @dataclass(frozen=True)
@@ -93,34 +91,19 @@ class Processes:
 
 
 def _env(**settings: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
-    closed = {
-        # Engines that are not there: connection refused; the services answer anyway.
-        "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{free_port()}",
-        "DATAPUNK_ENGINES__QUESTDB__PG_URL": f"postgresql://admin:quest@127.0.0.1:{free_port()}/qdb",
-        "DATAPUNK_ENGINES__REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
-        "DATAPUNK_LOG__LEVEL": "INFO",
-    }
-    env.update(closed)
+    env = clean_env()
+    # Engines that are not there: connection refused; the services answer anyway.
+    env.update(closed_engines("postgres", "questdb", "redis"))
+    env["DATAPUNK_LOG__LEVEL"] = "INFO"
     env.update(settings)
     return env
 
 
 def _wait_answers(port: int, process: subprocess.Popen[Any]) -> None:
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"pid {process.pid} exited with {process.returncode}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            try:
-                lake_grpc.StatusServiceStub(channel).GetStatus(
-                    status_pb2.GetStatusRequest(), timeout=1.0
-                )
-            except grpc.RpcError:
-                return False
-        return True
+    def probe(channel: grpc.Channel) -> None:
+        lake_grpc.StatusServiceStub(channel).GetStatus(status_pb2.GetStatusRequest(), timeout=1.0)
 
-    wait_until(ready, timeout=60.0, what=f"GetStatus on port {port}")
+    wait_grpc(process, f"127.0.0.1:{port}", what=f"GetStatus on port {port}", probe=probe)
 
 
 @contextmanager
@@ -141,17 +124,14 @@ def _processes(workdir: Path) -> Iterator[Processes]:
             DATAPUNK_NEXUS__GRPC_ENTRY__BACKENDS=json.dumps({"lake": f"127.0.0.1:{lake_port}"}),
         )
         for name, env in (("lake", lake_env), ("nexus", nexus_env)):
-            with (workdir / f"{name}.log").open("wb") as log:
-                started.append(
-                    subprocess.Popen(
-                        [str(BIN / f"datapunk-{name}")],
-                        cwd=workdir,
-                        env=env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
+            started.append(
+                start_logged(
+                    [str(BIN / f"datapunk-{name}")],
+                    env=env,
+                    log=workdir / f"{name}.log",
+                    cwd=workdir,
                 )
+            )
         lake, nexus = started
         _wait_answers(lake_port, lake)
         _wait_answers(entry_port, nexus)
@@ -163,79 +143,20 @@ def _processes(workdir: Path) -> Iterator[Processes]:
 
 def _ghz(port: int, seconds: float) -> tuple[int, int, float, float, float]:
     """ok calls, errors, seconds, p50 us, p99 us."""
-    command = [
-        str(GHZ),
-        "--insecure",
-        "--protoset",
-        str(PROTOSET),
-        "--call",
-        METHOD,
-        "--data",
-        "{}",
-        "--concurrency",
-        str(CONCURRENCY),
-        "--connections",
-        "1",
-        "--duration",
-        f"{seconds}s",
-        "--format",
-        "json",
-        f"127.0.0.1:{port}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
-    if done.returncode != 0 and not done.stdout.strip():
-        raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr.strip()}")
-    report = json.loads(done.stdout)
-    percentiles = {
-        int(entry["percentage"]): entry["latency"] / 1e3
-        for entry in report.get("latencyDistribution") or []
-    }
-    ok = int((report.get("statusCodeDistribution") or {}).get("OK", 0))
-    errors = sum(
-        int(count)
-        for message, count in (report.get("errorDistribution") or {}).items()
-        if _CUT_OFF not in message  # calls ghz itself cut off when its time was up
-    )
-    return (
-        ok,
-        errors,
-        report["total"] / 1e9,
-        percentiles.get(50, float("nan")),
-        percentiles.get(99, float("nan")),
-    )
-
-
-async def _python_load(port: int, seconds: float) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    errors = 0
-    request = status_pb2.GetStatusRequest()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = lake_grpc.StatusServiceStub(channel)
-        await channel.channel_ready()
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            clock = time.perf_counter
-            while clock() < deadline:
-                started = clock()
-                try:
-                    await stub.GetStatus(request, timeout=10.0)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                latencies.append(clock() - started)
-
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return latencies, errors
+    done = run_ghz(port, METHOD, concurrency=CONCURRENCY, seconds=seconds)
+    return done.ok, done.errors, done.seconds, done.percentile_us(50), done.percentile_us(99)
 
 
 def _python(port: int, seconds: float) -> tuple[int, int, float, float, float]:
-    started = time.perf_counter()
-    latencies, errors = asyncio.run(_python_load(port, seconds))
-    elapsed = time.perf_counter() - started
-    summary = summarize_latencies(latencies)
-    return len(latencies), errors, elapsed, summary["p50_us"], summary["p99_us"]
+    done = python_load(
+        port,
+        lambda channel: lake_grpc.StatusServiceStub(channel).GetStatus,
+        status_pb2.GetStatusRequest(),
+        concurrency=CONCURRENCY,
+        seconds=seconds,
+    )
+    summary = summarize_latencies(done.latencies)
+    return len(done.latencies), done.errors, done.seconds, summary["p50_us"], summary["p99_us"]
 
 
 def _measure(tool: str, path: str, procs: Processes, seconds: float, rnd: int) -> Measurement:
@@ -258,14 +179,9 @@ def _measure(tool: str, path: str, procs: Processes, seconds: float, rnd: int) -
     )
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def run() -> Result:
-    for needed, how in ((GHZ, "scripts/install-tools.sh"), (PROTOSET, "scripts/gen.sh")):
-        if not needed.is_file():
-            raise FileNotFoundError(f"{needed} is missing; run {how}")
+    require_file(GHZ, "scripts/install-tools.sh")
+    require_file(PROTOSET, "scripts/gen.sh")
     measurements: list[Measurement] = []
     workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-entry-"))
     try:
@@ -304,16 +220,16 @@ def _result(measurements: list[Measurement]) -> Result:
         ratios = [e.qps / d.qps for e, d in zip(entry, direct, strict=True) if d.qps > 0]
         added = [e.p50_us - d.p50_us for e, d in zip(entry, direct, strict=True)]
         row: dict[str, Any] = {
-            "entry_qps": _median([m.qps for m in entry]),
-            "direct_qps": _median([m.qps for m in direct]),
-            "qps_ratio": _median(ratios),
-            "entry_p50_us": _median([m.p50_us for m in entry]),
-            "direct_p50_us": _median([m.p50_us for m in direct]),
-            "added_p50_us": _median(added),
-            "entry_p99_us": _median([m.p99_us for m in entry]),
-            "direct_p99_us": _median([m.p99_us for m in direct]),
-            "entry_process_cpu_us_per_call": _median([m.entry_cpu_us_per_call for m in entry]),
-            "lake_cpu_us_per_call": _median([m.lake_cpu_us_per_call for m in direct]),
+            "entry_qps": median([m.qps for m in entry]),
+            "direct_qps": median([m.qps for m in direct]),
+            "qps_ratio": median(ratios),
+            "entry_p50_us": median([m.p50_us for m in entry]),
+            "direct_p50_us": median([m.p50_us for m in direct]),
+            "added_p50_us": median(added),
+            "entry_p99_us": median([m.p99_us for m in entry]),
+            "direct_p99_us": median([m.p99_us for m in direct]),
+            "entry_process_cpu_us_per_call": median([m.entry_cpu_us_per_call for m in entry]),
+            "lake_cpu_us_per_call": median([m.lake_cpu_us_per_call for m in direct]),
             "errors": sum(m.errors for m in entry + direct),
             "per_round_qps_ratio": ratios,
         }

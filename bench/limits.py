@@ -14,10 +14,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import os
 import shutil
 import subprocess
 import sys
@@ -50,21 +48,20 @@ from datapunk_shared.errors import Unavailable
 from redis.asyncio import Redis
 
 from bench.common import (
-    REPO_ROOT,
     Bar,
     Result,
-    format_table,
+    closed_engines,
     free_port,
+    main_with_quick,
+    running_lake,
     stop_process,
     summarize_latencies,
     wait_until,
-    write_result,
 )
 
 NAME = "limits"
 DESCRIPTION = "rate-limit decisions (in process, Redis), cache hit vs Lake call, overload at 2x"
 
-LAKE_BIN = Path(sys.executable).parent / "datapunk-lake"
 GET = "/datapunk.lake.v1.VectorService/GetCollection"
 COLLECTION = "collections/bench"
 CAPACITY_IN_FLIGHT = 8
@@ -89,43 +86,6 @@ def _start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
     wait_until(answers, timeout=20, what="redis-server")
     return process, url
-
-
-def _start_lake(work: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAPUNK_")}
-    env.update(
-        {
-            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
-            "DATAPUNK_LAKE__PORT": str(port),
-            "DATAPUNK_LAKE__METRICS_PORT": str(free_port()),
-            "DATAPUNK_LAKE__VECTORS__PATH": str(work / "vectors"),
-            # GetCollection needs the vector store only; the other engines point at closed
-            # ports rather than at someone's stack.
-            "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-            "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{free_port()}",
-            "DATAPUNK_ENGINES__QUESTDB__PG_URL": f"postgresql://a:b@127.0.0.1:{free_port()}/qdb",
-        }
-    )
-    log = work / "lake.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(LAKE_BIN)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-        )
-    address = f"127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Lake exited with {process.returncode}; see {log}")
-        try:
-            with grpc.insecure_channel(address) as channel:
-                grpc.channel_ready_future(channel).result(timeout=0.5)
-            return True
-        except grpc.FutureTimeoutError:
-            return False
-
-    wait_until(answers, timeout=60, what="the Lake")
-    return process, address
 
 
 async def _timed(n: int, op: Callable[[int], Awaitable[Any]]) -> list[float]:
@@ -362,25 +322,24 @@ def run(quick: bool = False) -> Result:
     seconds = 2.0 if quick else 5.0
     work = Path(tempfile.mkdtemp(prefix="bench-limits-"))
     redis: subprocess.Popen[bytes] | None = None
-    lake: subprocess.Popen[bytes] | None = None
     try:
         redis, redis_url = _start_redis(work)
-        lake, lake_address = _start_lake(work)
-        with grpc.insecure_channel(lake_address) as channel:
-            setup = pb_grpc.VectorServiceStub(channel)  # type: ignore[no-untyped-call]
-            setup.CreateCollection(
-                pb.CreateCollectionRequest(
-                    collection_id="bench",
-                    collection=pb.Collection(vector_size=4, distance=pb.DISTANCE_COSINE),
-                ),
-                timeout=30,
-            )
-        decisions = asyncio.run(_decisions(redis_url, n))
-        cache = asyncio.run(_cache(redis_url, lake_address, seconds))
-        overload = asyncio.run(_overload(lake_address, seconds))
+        # GetCollection needs the vector store only; the other engines point at closed
+        # ports rather than at someone's stack.
+        with running_lake(work, closed_engines("postgres", "questdb")) as lake_address:
+            with grpc.insecure_channel(lake_address) as channel:
+                setup = pb_grpc.VectorServiceStub(channel)  # type: ignore[no-untyped-call]
+                setup.CreateCollection(
+                    pb.CreateCollectionRequest(
+                        collection_id="bench",
+                        collection=pb.Collection(vector_size=4, distance=pb.DISTANCE_COSINE),
+                    ),
+                    timeout=30,
+                )
+            decisions = asyncio.run(_decisions(redis_url, n))
+            cache = asyncio.run(_cache(redis_url, lake_address, seconds))
+            overload = asyncio.run(_overload(lake_address, seconds))
     finally:
-        if lake is not None:
-            stop_process(lake)
         if redis is not None:
             stop_process(redis)
         shutil.rmtree(work, ignore_errors=True)
@@ -440,17 +399,7 @@ def run(quick: bool = False) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=DESCRIPTION)
-    parser.add_argument("--quick", action="store_true", help="shorter runs")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    print(format_table(result.columns, result.rows))
-    for bar in result.bars:
-        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
-    for note in result.notes:
-        print(f"  note: {note}")
-    print(f"wrote {write_result(result)}")
-    return 0
+    return main_with_quick(run, DESCRIPTION, "shorter runs", argv)
 
 
 if __name__ == "__main__":

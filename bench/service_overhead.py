@@ -22,15 +22,10 @@ Bars: datapunk QPS >= 0.7 x bare QPS; datapunk p50 - bare p50 <= 100 us at 1 in 
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,15 +36,22 @@ import grpc
 from datapunk.stream.v1 import status_pb2, status_pb2_grpc
 
 from bench.common import (
+    BIN,
     REPO_ROOT,
     Bar,
     Result,
+    clean_env,
+    closed_engines,
     free_port,
+    median,
     process_cpu_seconds,
+    require_file,
+    start_logged,
     stop_process,
     summarize_latencies,
-    wait_until,
+    wait_grpc,
 )
+from bench.load import GHZ, PROTOSET, python_load, run_ghz
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
 
@@ -60,9 +62,7 @@ NAME = "service_overhead"
 DESCRIPTION = "unary GetStatus through the Stream service (all interceptors) vs bare grpc.aio"
 
 METHOD = "datapunk.stream.v1.StatusService/GetStatus"
-GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
-PROTOSET = REPO_ROOT / "gen" / "descriptors" / "datapunk.binpb"
-SERVICE_BIN = Path(sys.executable).parent / "datapunk-stream"
+SERVICE_BIN = BIN / "datapunk-stream"
 
 ROUNDS = 3
 THROUGHPUT_CONCURRENCY = 16
@@ -74,7 +74,6 @@ QPS_RATIO_BAR = 0.7
 P50_OVERHEAD_BAR_US = 100.0
 
 SERVERS = ("datapunk", "bare")
-_CUT_OFF = "use of closed network connection"
 _pids: dict[int, int] = {}  # port -> pid of the server process listening there
 
 
@@ -101,28 +100,18 @@ class Measurement:
 # --- the two servers ------------------------------------------------------------------
 
 
-def _clean_env() -> dict[str, str]:
-    """The environment without any DATAPUNK_* setting the caller may have."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
-
-
 def _wait_serving(port: int, *, timeout: float, process: subprocess.Popen[Any]) -> bytes:
     """Wait until ``GetStatus`` answers on ``port``; return the response bytes."""
     answer: list[bytes] = []
 
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"server pid {process.pid} exited with {process.returncode}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = stream_grpc.StatusServiceStub(channel)
-            try:
-                response = stub.GetStatus(status_pb2.GetStatusRequest(), timeout=1.0)
-            except grpc.RpcError:
-                return False
+    def probe(channel: grpc.Channel) -> None:
+        stub = stream_grpc.StatusServiceStub(channel)
+        response = stub.GetStatus(status_pb2.GetStatusRequest(), timeout=1.0)
         answer.append(response.SerializeToString())
-        return True
 
-    wait_until(ready, timeout=timeout, what=f"GetStatus on port {port}")
+    wait_grpc(
+        process, f"127.0.0.1:{port}", what=f"GetStatus on port {port}", timeout=timeout, probe=probe
+    )
     return answer[0]
 
 
@@ -132,51 +121,40 @@ def _servers(workdir: Path) -> Iterator[dict[str, int]]:
     processes: list[subprocess.Popen[Any]] = []
     try:
         port = free_port()
-        env = _clean_env()
+        env = clean_env()
         env.update(
             {
                 "DATAPUNK_STREAM__HOST": "127.0.0.1",
                 "DATAPUNK_STREAM__PORT": str(port),
                 "DATAPUNK_STREAM__METRICS_PORT": str(free_port()),
                 # Engines that are not there: connection refused, the service NOT_SERVING.
-                "DATAPUNK_ENGINES__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
-                "DATAPUNK_ENGINES__MQTT__URL": f"mqtt://127.0.0.1:{free_port()}",
-                "DATAPUNK_ENGINES__REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
+                **closed_engines("kafka", "mqtt", "redis"),
                 "DATAPUNK_LOG__LEVEL": "INFO",
             }
         )
-        with (workdir / "datapunk-stream.log").open("wb") as log:
-            service = subprocess.Popen(
-                [str(SERVICE_BIN)],
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        service = start_logged(
+            [str(SERVICE_BIN)], env=env, log=workdir / "datapunk-stream.log", cwd=workdir
+        )
         processes.append(service)
         response = _wait_serving(port, timeout=30.0, process=service)
         response_file = workdir / "response.bin"
         response_file.write_bytes(response)
 
         bare_port = free_port()
-        with (workdir / "bare.log").open("wb") as log:
-            bare = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.bare_server",
-                    "--port",
-                    str(bare_port),
-                    "--response",
-                    str(response_file),
-                ],
-                cwd=REPO_ROOT,
-                env=_clean_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        bare = start_logged(
+            [
+                sys.executable,
+                "-m",
+                "bench.bare_server",
+                "--port",
+                str(bare_port),
+                "--response",
+                str(response_file),
+            ],
+            env=clean_env(),
+            log=workdir / "bare.log",
+            cwd=REPO_ROOT,
+        )
         processes.append(bare)
         if _wait_serving(bare_port, timeout=30.0, process=bare) != response:
             raise RuntimeError("the bare server does not answer what the service answered")
@@ -193,91 +171,41 @@ def _servers(workdir: Path) -> Iterator[dict[str, int]]:
 def _ghz(server: str, port: int, concurrency: int, seconds: float, rnd: int) -> Measurement:
     cpu_before = process_cpu_seconds(_pids[port])
     # The descriptor set when there is one (it may be being regenerated), else reflection.
-    schema = ["--protoset", str(PROTOSET)] if PROTOSET.is_file() else []
-    command = [
-        str(GHZ),
-        "--insecure",
-        *schema,
-        "--call",
+    done = run_ghz(
+        port,
         METHOD,
-        "--data",
-        "{}",
-        "--concurrency",
-        str(concurrency),
-        "--connections",
-        "1",
-        "--duration",
-        f"{seconds}s",
-        "--format",
-        "json",
-        f"127.0.0.1:{port}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
-    cpu = process_cpu_seconds(_pids[port]) - cpu_before
-    if done.returncode != 0 and not done.stdout.strip():
-        raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr.strip()}")
-    report = json.loads(done.stdout)
-    percentiles = {
-        int(entry["percentage"]): entry["latency"] / 1e3
-        for entry in report.get("latencyDistribution") or []
-    }
-    ok = int((report.get("statusCodeDistribution") or {}).get("OK", 0))
-    # When the duration is up ghz closes its connection under the calls still in flight
-    # (at most one per worker); those are its own artefact, not a server error.
-    errors = sum(
-        int(count)
-        for message, count in (report.get("errorDistribution") or {}).items()
-        if _CUT_OFF not in message
+        concurrency=concurrency,
+        seconds=seconds,
+        protoset=PROTOSET if PROTOSET.is_file() else None,
     )
-    seconds_run = report["total"] / 1e9
+    cpu = process_cpu_seconds(_pids[port]) - cpu_before
     return Measurement(
         tool="ghz",
         server=server,
         concurrency=concurrency,
         round=rnd,
-        calls=ok + errors,
-        errors=errors,
-        seconds=seconds_run,
-        qps=ok / seconds_run,
-        p50_us=percentiles.get(50, float("nan")),
-        p90_us=percentiles.get(90, float("nan")),
-        p99_us=percentiles.get(99, float("nan")),
-        server_cpu_us_per_call=cpu / max(ok + errors, 1) * 1e6,
+        calls=done.ok + done.errors,
+        errors=done.errors,
+        seconds=done.seconds,
+        qps=done.ok / done.seconds,
+        p50_us=done.percentile_us(50),
+        p90_us=done.percentile_us(90),
+        p99_us=done.percentile_us(99),
+        server_cpu_us_per_call=cpu / max(done.ok + done.errors, 1) * 1e6,
     )
-
-
-async def _python_load(port: int, concurrency: int, seconds: float) -> tuple[list[float], int]:
-    """``concurrency`` workers, each issuing calls back to back for ``seconds``."""
-    latencies: list[float] = []
-    errors = 0
-    request = status_pb2.GetStatusRequest()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = stream_grpc.StatusServiceStub(channel)
-        await channel.channel_ready()
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal errors
-            clock = time.perf_counter
-            while clock() < deadline:
-                started = clock()
-                try:
-                    await stub.GetStatus(request, timeout=10.0)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                latencies.append(clock() - started)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors
 
 
 def _python(server: str, port: int, concurrency: int, seconds: float, rnd: int) -> Measurement:
     cpu_before = process_cpu_seconds(_pids[port])
-    started = time.perf_counter()
-    latencies, errors = asyncio.run(_python_load(port, concurrency, seconds))
-    elapsed = time.perf_counter() - started
+    done = python_load(
+        port,
+        lambda channel: stream_grpc.StatusServiceStub(channel).GetStatus,
+        status_pb2.GetStatusRequest(),
+        concurrency=concurrency,
+        seconds=seconds,
+    )
     cpu = process_cpu_seconds(_pids[port]) - cpu_before
+    latencies, errors = done.latencies, done.errors
     summary = summarize_latencies(latencies)
     return Measurement(
         tool="python",
@@ -286,7 +214,7 @@ def _python(server: str, port: int, concurrency: int, seconds: float, rnd: int) 
         round=rnd,
         calls=len(latencies) + errors,
         errors=errors,
-        seconds=elapsed,
+        seconds=done.seconds,
         qps=len(latencies) / seconds,
         p50_us=summary["p50_us"],
         p90_us=summary["p90_us"],
@@ -298,15 +226,9 @@ def _python(server: str, port: int, concurrency: int, seconds: float, rnd: int) 
 # --- the benchmark --------------------------------------------------------------------
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def run() -> Result:
-    if not GHZ.is_file():
-        raise FileNotFoundError(f"{GHZ} is missing; run scripts/install-tools.sh")
-    if not SERVICE_BIN.is_file():
-        raise FileNotFoundError(f"{SERVICE_BIN} is missing; run scripts/python-env.sh")
+    require_file(GHZ, "scripts/install-tools.sh")
+    require_file(SERVICE_BIN, "scripts/python-env.sh")
     measurements: list[Measurement] = []
     workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-"))
     try:
@@ -364,16 +286,16 @@ def _result(measurements: list[Measurement], log_lines: int) -> Result:
             ratios = [a.qps / b.qps for a, b in zip(ours, bare, strict=True) if b.qps > 0]
             overheads = [a.p50_us - b.p50_us for a, b in zip(ours, bare, strict=True)]
             entry = {
-                "datapunk_qps": _median([m.qps for m in ours]),
-                "bare_qps": _median([m.qps for m in bare]),
-                "qps_ratio": _median(ratios),
-                "datapunk_p50_us": _median([m.p50_us for m in ours]),
-                "bare_p50_us": _median([m.p50_us for m in bare]),
-                "p50_overhead_us": _median(overheads),
-                "datapunk_p99_us": _median([m.p99_us for m in ours]),
-                "bare_p99_us": _median([m.p99_us for m in bare]),
-                "datapunk_cpu_us_per_call": _median([m.server_cpu_us_per_call for m in ours]),
-                "bare_cpu_us_per_call": _median([m.server_cpu_us_per_call for m in bare]),
+                "datapunk_qps": median([m.qps for m in ours]),
+                "bare_qps": median([m.qps for m in bare]),
+                "qps_ratio": median(ratios),
+                "datapunk_p50_us": median([m.p50_us for m in ours]),
+                "bare_p50_us": median([m.p50_us for m in bare]),
+                "p50_overhead_us": median(overheads),
+                "datapunk_p99_us": median([m.p99_us for m in ours]),
+                "bare_p99_us": median([m.p99_us for m in bare]),
+                "datapunk_cpu_us_per_call": median([m.server_cpu_us_per_call for m in ours]),
+                "bare_cpu_us_per_call": median([m.server_cpu_us_per_call for m in bare]),
                 "errors": sum(m.errors for m in ours + bare),
                 "per_round_qps_ratio": ratios,
                 "per_round_p50_overhead_us": overheads,

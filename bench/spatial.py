@@ -26,19 +26,16 @@ to point it elsewhere); starts its own ``datapunk-lake`` on free ports."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import random
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +51,11 @@ from datapunk_shared.config import load_settings
 from psycopg import sql
 
 from bench.common import (
-    REPO_ROOT,
     Bar,
     Result,
-    format_table,
-    free_port,
-    stop_process,
+    main_with_quick,
+    running_lake,
     summarize_latencies,
-    wait_until,
-    write_result,
 )
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
@@ -73,7 +66,6 @@ spatial_pb2_grpc: Any = _spatial_grpc
 NAME = "spatial"
 DESCRIPTION = "SpatialService (bulk load, radius, k nearest) vs raw psycopg COPY/SQL on PostGIS"
 
-LAKE_BIN = Path(sys.executable).parent / "datapunk-lake"
 BATCH = 5_000
 RADIUS_M = 2_000.0
 K = 10
@@ -112,44 +104,23 @@ def _points(count: int, seed: int = 7) -> list[tuple[str, float, float, str]]:
     ]
 
 
-@contextmanager
-def _lake(pg_url: str, workdir: Path) -> Iterator[str]:
+def _lake(pg_url: str, workdir: Path) -> AbstractContextManager[str]:
     questdb = load_settings().engines.questdb
-    port, metrics_port = free_port(), free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
-    env.update(
+
+    def probe(channel: grpc.Channel) -> None:
+        stub = spatial_pb2_grpc.SpatialServiceStub(channel)
+        stub.ListLayers(spatial_pb2.ListLayersRequest(page_size=1), timeout=2)
+
+    return running_lake(
+        workdir,
         {
-            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
-            "DATAPUNK_LAKE__PORT": str(port),
-            "DATAPUNK_LAKE__METRICS_PORT": str(metrics_port),
-            "DATAPUNK_LAKE__VECTORS__PATH": str(workdir / "vectors"),
             "DATAPUNK_ENGINES__POSTGRES__URL": pg_url,
             "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": questdb.http_url,
             "DATAPUNK_ENGINES__QUESTDB__PG_URL": questdb.pg_url,
-        }
+        },
+        probe=probe,
+        what="the Lake's spatial store",
     )
-    with (workdir / "lake.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(LAKE_BIN)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"datapunk-lake exited; see {workdir / 'lake.log'}")
-            with grpc.insecure_channel(address) as channel:
-                stub = spatial_pb2_grpc.SpatialServiceStub(channel)
-                try:
-                    stub.ListLayers(spatial_pb2.ListLayersRequest(page_size=1), timeout=2)
-                except grpc.RpcError:
-                    return False
-                return True
-
-        wait_until(ready, timeout=60, what="the Lake's spatial store")
-        yield address
-    finally:
-        stop_process(process)
 
 
 async def _requests(
@@ -402,18 +373,9 @@ def run(quick: bool = False) -> Result:
     return asyncio.run(_run(quick))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=DESCRIPTION)
-    parser.add_argument("--quick", action="store_true", help="100k points, 300 queries a round")
-    args = parser.parse_args()
-    result = run(quick=args.quick)
-    print(format_table(result.columns, result.rows))
-    for bar in result.bars:
-        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
-    for note in result.notes:
-        print(f"  note: {note}")
-    print(f"wrote {write_result(result)}")
+def main(argv: list[str] | None = None) -> int:
+    return main_with_quick(run, DESCRIPTION, "100k points, 300 queries a round", argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

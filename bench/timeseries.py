@@ -22,18 +22,15 @@ Bars (issue 3): ingest rows/s lake >= 0.7 x raw; per query kind, lake p50 <= 1.2
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +62,12 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from questdb import Sender
 
 from bench.common import (
-    REPO_ROOT,
     Bar,
     Result,
-    format_table,
-    free_port,
-    stop_process,
+    main_with_quick,
+    running_lake,
     summarize_latencies,
     wait_until,
-    write_result,
 )
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
@@ -81,7 +75,6 @@ __all__ = ["DESCRIPTION", "NAME", "run"]
 NAME = "timeseries"
 DESCRIPTION = "TSBS cpu-only ingest and queries: Lake TimeSeriesService vs raw QuestDB"
 
-LAKE_BIN = Path(sys.executable).parent / "datapunk-lake"
 HOSTS = 100
 STEP_US = 10_000_000
 T0 = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z
@@ -203,43 +196,23 @@ def _schema(series_id: str) -> SeriesSchema:
     )
 
 
-@contextmanager
-def _lake(workdir: Path, http_url: str, pg_url: str, postgres_url: str) -> Iterator[str]:
-    port, metrics_port = free_port(), free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DATAPUNK_")}
-    env.update(
+def _lake(
+    workdir: Path, http_url: str, pg_url: str, postgres_url: str
+) -> AbstractContextManager[str]:
+    def probe(channel: grpc.Channel) -> None:
+        stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub.ListSeries(pb.ListSeriesRequest(page_size=1), timeout=2)
+
+    return running_lake(
+        workdir,
         {
-            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
-            "DATAPUNK_LAKE__PORT": str(port),
-            "DATAPUNK_LAKE__METRICS_PORT": str(metrics_port),
-            "DATAPUNK_LAKE__VECTORS__PATH": str(workdir / "vectors"),
             "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": http_url,
             "DATAPUNK_ENGINES__QUESTDB__PG_URL": pg_url,
             "DATAPUNK_ENGINES__POSTGRES__URL": postgres_url,
-        }
+        },
+        probe=probe,
+        what="the Lake's time-series store",
     )
-    with (workdir / "lake.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(LAKE_BIN)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"datapunk-lake exited; see {workdir / 'lake.log'}")
-            with grpc.insecure_channel(address) as channel:
-                stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)  # type: ignore[no-untyped-call]
-                try:
-                    stub.ListSeries(pb.ListSeriesRequest(page_size=1), timeout=2)
-                except grpc.RpcError:
-                    return False
-                return True
-
-        wait_until(ready, timeout=60, what="the Lake's time-series store")
-        yield address
-    finally:
-        stop_process(process)
 
 
 async def _ingest_lake(stub: Stub, requests: list[pb.StreamWriteRowsRequest]) -> float:
@@ -511,18 +484,9 @@ def run(quick: bool = False) -> Result:
     return asyncio.run(_run(quick))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=DESCRIPTION)
-    parser.add_argument("--quick", action="store_true", help="100k rows, 40 queries per kind")
-    args = parser.parse_args()
-    result = run(quick=args.quick)
-    print(format_table(result.columns, result.rows))
-    for bar in result.bars:
-        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
-    for note in result.notes:
-        print(f"  note: {note}")
-    print(f"wrote {write_result(result)}")
+def main(argv: list[str] | None = None) -> int:
+    return main_with_quick(run, DESCRIPTION, "100k rows, 40 queries per kind", argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

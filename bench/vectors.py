@@ -24,12 +24,9 @@ unfiltered QPS.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,15 +42,12 @@ from datapunk.lake.v1 import vectors_pb2_grpc
 from google.protobuf import struct_pb2
 
 from bench.common import (
-    REPO_ROOT,
     Bar,
     Result,
-    format_table,
-    free_port,
-    stop_process,
+    closed_engines,
+    main_with_quick,
+    running_lake,
     summarize_latencies,
-    wait_until,
-    write_result,
 )
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
@@ -69,7 +63,6 @@ K = 10
 EFS = (64, 128, 256)
 FULL_SCAN_KB = 1000
 ROUNDS = 3
-LAKE_BIN = Path(sys.executable).parent / "datapunk-lake"
 
 
 def _data(n: int, queries: int, seed: int = 7) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -147,43 +140,6 @@ class Raw:
 # ---- the Lake ------------------------------------------------------------------------
 
 
-def _start_lake(vectors: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAPUNK_")}
-    env.update(
-        {
-            "DATAPUNK_CONFIG": str(REPO_ROOT / "datapunk.toml"),
-            "DATAPUNK_LAKE__PORT": str(port),
-            "DATAPUNK_LAKE__METRICS_PORT": str(free_port()),
-            "DATAPUNK_LAKE__VECTORS__PATH": str(vectors),
-            "DATAPUNK_LAKE__VECTORS__AUTO_OPTIMIZE": "false",
-            # The Lake also probes PostgreSQL and QuestDB; the vector store does not need
-            # them, so point them at closed ports rather than at someone's stack.
-            "DATAPUNK_ENGINES__POSTGRES__URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x",
-            "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": f"http://127.0.0.1:{free_port()}",
-            "DATAPUNK_ENGINES__QUESTDB__PG_URL": f"postgresql://a:b@127.0.0.1:{free_port()}/qdb",
-        }
-    )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(LAKE_BIN)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-        )
-    address = f"127.0.0.1:{port}"
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Lake exited with {process.returncode}; see {log}")
-        try:
-            with grpc.insecure_channel(address) as channel:
-                grpc.channel_ready_future(channel).result(timeout=0.5)
-            return True
-        except grpc.FutureTimeoutError:
-            return False
-
-    wait_until(answers, timeout=60, what="the Lake")
-    return process, address
-
-
 async def _lake_import(address: str, collection: str, data: np.ndarray[Any, Any]) -> float:
     payloads = []
     for i in range(CATEGORIES):
@@ -248,12 +204,18 @@ def run(quick: bool = False) -> Result:
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     notes: list[str] = []
     details: dict[str, Any] = {"points": n, "dim": DIM, "queries": nq, "batch": BATCH}
-    process: subprocess.Popen[bytes] | None = None
     raw = Raw(work / "raw")
+    collection = "collections/bench"
+    # The Lake also probes PostgreSQL and QuestDB; the vector store does not need them.
+    lake_settings = {
+        "DATAPUNK_LAKE__VECTORS__AUTO_OPTIMIZE": "false",
+        **closed_engines("postgres", "questdb"),
+    }
     try:
-        process, address = _start_lake(work / "lake", work / "lake.log")
-        collection = "collections/bench"
-        with grpc.insecure_channel(address) as channel:
+        with (
+            running_lake(work, lake_settings, vectors=work / "lake") as address,
+            grpc.insecure_channel(address) as channel,
+        ):
             stub = pb_grpc.VectorServiceStub(channel)
             stub.CreateCollection(
                 pb.CreateCollectionRequest(
@@ -325,8 +287,6 @@ def run(quick: bool = False) -> Result:
                 samples["lake_f"] += lake_f
                 diffs.append(statistics.median(lake_lat) - statistics.median(raw_lat))
     finally:
-        if process is not None:
-            stop_process(process)
         raw.shard.close()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -370,17 +330,7 @@ def run(quick: bool = False) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=DESCRIPTION)
-    parser.add_argument("--quick", action="store_true", help="20k points instead of 100k")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    print(format_table(result.columns, result.rows))
-    for bar in result.bars:
-        print(f"  {'PASS' if bar.passed else 'FAIL'}  {bar.name}: {bar.describe()}")
-    for note in result.notes:
-        print(f"  note: {note}")
-    print(f"wrote {write_result(result)}")
-    return 0
+    return main_with_quick(run, DESCRIPTION, "20k points instead of 100k", argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,164 @@
+"""Closed-loop load generators for a unary gRPC method: ghz (Go, a client we did not
+write) and a ``grpc.aio`` Python client, each keeping N calls in flight on one connection
+for a given time. They report what they measured; what a benchmark makes of it (QPS over
+which time, CPU per call) stays in the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.common import REPO_ROOT
+
+__all__ = [
+    "GHZ",
+    "PROTOSET",
+    "GhzRun",
+    "PythonRun",
+    "UnaryMethod",
+    "python_load",
+    "run_ghz",
+]
+
+GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
+PROTOSET = REPO_ROOT / "gen" / "descriptors" / "datapunk.binpb"
+
+# When its duration is up ghz closes its connection under the calls still in flight (at
+# most one per worker); those fail with this message, ghz's own artefact, not a server
+# error.
+_CUT_OFF = "use of closed network connection"
+
+
+@dataclass(frozen=True)
+class GhzRun:
+    """What one ghz run reported."""
+
+    ok: int
+    errors: int
+    """Failed calls, not counting the ones ghz cut off itself when its time was up."""
+    seconds: float
+    """ghz's own total time of the run."""
+    latency_us: dict[int, float]
+    """Latency percentiles by percentage (10, 25, 50, 75, 90, 95, 99), microseconds."""
+
+    def percentile_us(self, q: int) -> float:
+        return self.latency_us.get(q, math.nan)
+
+
+def run_ghz(
+    port: int,
+    method: str,
+    *,
+    concurrency: int,
+    seconds: float,
+    protoset: Path | None = PROTOSET,
+) -> GhzRun:
+    """ghz calling ``method`` with ``{}`` on 127.0.0.1:``port`` for ``seconds``,
+    ``concurrency`` workers on one connection; the schema from ``protoset``, or from
+    server reflection when that is None."""
+    schema = ["--protoset", str(protoset)] if protoset is not None else []
+    command = [
+        str(GHZ),
+        "--insecure",
+        *schema,
+        "--call",
+        method,
+        "--data",
+        "{}",
+        "--concurrency",
+        str(concurrency),
+        "--connections",
+        "1",
+        "--duration",
+        f"{seconds}s",
+        "--format",
+        "json",
+        f"127.0.0.1:{port}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    if done.returncode != 0 and not done.stdout.strip():
+        raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    latency_us = {
+        int(entry["percentage"]): entry["latency"] / 1e3
+        for entry in report.get("latencyDistribution") or []
+    }
+    ok = int((report.get("statusCodeDistribution") or {}).get("OK", 0))
+    errors = sum(
+        int(count)
+        for message, count in (report.get("errorDistribution") or {}).items()
+        if _CUT_OFF not in message
+    )
+    return GhzRun(ok=ok, errors=errors, seconds=report["total"] / 1e9, latency_us=latency_us)
+
+
+UnaryMethod = Callable[..., Awaitable[Any]]
+"""A bound unary method of a ``grpc.aio`` stub, e.g. ``stub.GetStatus``."""
+
+
+@dataclass(frozen=True)
+class PythonRun:
+    """What one run of the Python client measured."""
+
+    latencies: list[float]
+    """Seconds, one per call that succeeded."""
+    errors: int
+    seconds: float
+    """Wall time of the whole run, the channel's set-up included."""
+
+
+async def _closed_loop(
+    port: int,
+    method_of: Callable[[grpc.aio.Channel], UnaryMethod],
+    request: Any,
+    concurrency: int,
+    seconds: float,
+) -> tuple[list[float], int]:
+    """``concurrency`` workers on one channel, each issuing calls back to back for
+    ``seconds``."""
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method = method_of(channel)
+        await channel.channel_ready()
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            clock = time.perf_counter
+            while clock() < deadline:
+                started = clock()
+                try:
+                    await method(request, timeout=10.0)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(clock() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def python_load(
+    port: int,
+    method_of: Callable[[grpc.aio.Channel], UnaryMethod],
+    request: Any,
+    *,
+    concurrency: int,
+    seconds: float,
+) -> PythonRun:
+    """A ``grpc.aio`` client in a fresh event loop: ``method_of(channel)`` (the stub's
+    bound method) called with ``request``, ``concurrency`` calls in flight on one channel
+    to 127.0.0.1:``port`` for ``seconds``."""
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(_closed_loop(port, method_of, request, concurrency, seconds))
+    return PythonRun(latencies, errors, time.perf_counter() - started)
