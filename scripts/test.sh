@@ -27,6 +27,13 @@ step "unit tests and the local stack's tests"
 .venv/bin/pytest tests/unit tests/stack
 
 step "local stack"
+# PostgreSQL runs as the 'postgres' user, which must be able to walk to its data dir;
+# a checkout below a private directory (such as /root) keeps the test stack elsewhere.
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$root" 2>/dev/null; then
+  DATAPUNK_STACK__DATA_DIR="/var/tmp/datapunk-$(printf %s "$root" | sha256sum | cut -c1-12)"
+  export DATAPUNK_STACK__DATA_DIR
+  echo "the postgres user cannot enter $root: the stack's data lives in $DATAPUNK_STACK__DATA_DIR"
+fi
 started=0
 if ! .venv/bin/datapunk status >/dev/null 2>&1; then
   .venv/bin/datapunk up --detach
