@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +116,9 @@ def run_service(
                 process.wait()
 
 
-def wait_until(predicate: object, timeout: float = 15.0, interval: float = 0.1) -> None:
-    assert callable(predicate)
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.1
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -21,6 +21,7 @@ from google.rpc import status_pb2
 from datapunk_shared.errors import DatapunkError
 from datapunk_shared.retry import RetryPolicy, retry_call
 from datapunk_shared.rpc.status_codes import STATUS_DETAILS_KEY, error_from_status
+from datapunk_shared.rpc.status_messages import report_from_proto
 from datapunk_shared.status import StatusReport
 
 __all__ = ["LakeClient", "NexusClient", "ServiceClient", "StreamClient", "error_from_rpc_error"]
@@ -108,8 +109,6 @@ class _StatusClient(ServiceClient):
         engines: Sequence[str] = (),
     ) -> StatusReport:
         """The service's status; see ``GetStatus`` in the contract."""
-        from datapunk_shared.rpc.status_messages import report_from_proto
-
         request = self._pb2.GetStatusRequest(refresh=refresh, engines=list(engines))
         if probe_timeout is not None:
             duration = duration_pb2.Duration()

@@ -166,11 +166,7 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
+        return None if handler is None else self.wrap(method, handler)
 
     def wrap(self, method: str, handler: Any) -> Any:
         """``handler`` with the Datapunk edges around it (cached per method)."""
