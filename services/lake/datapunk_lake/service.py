@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from datapunk.lake.v1 import status_pb2, status_pb2_grpc
-from datapunk_shared.db import apply_migrations, create_pool, load_migrations
-from datapunk_shared.health import Prerequisite
-from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
+from datapunk_shared.rpc.server import ServiceContext, ServiceSpec, open_postgres
 
 from datapunk_lake import spatial, timeseries, vectors
 
@@ -13,16 +11,7 @@ __all__ = ["SPEC"]
 
 
 async def _setup(context: ServiceContext) -> None:
-    pool = create_pool(context.settings.engines.postgres, name="lake")
-    await pool.open(wait=False)
-    context.cleanups.append(pool.close)
-    migrations = load_migrations("datapunk_lake.migrations")
-
-    async def migrate() -> None:
-        async with pool.connection(timeout=context.service_settings.probe_timeout) as conn:
-            await apply_migrations(conn, "lake", migrations)
-
-    context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
+    pool = await open_postgres(context, "lake")
     spatial.register(context, pool)
     await timeseries.register(context)
     await vectors.register(context)

@@ -16,8 +16,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from psycopg_pool import AsyncConnectionPool
 
 from datapunk_shared.config import ServiceSettings, Settings, load_settings
+from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.errors import ConfigError
 from datapunk_shared.health import HealthMonitor, Prerequisite, ServingState
 from datapunk_shared.logging import configure_logging, get_logger
@@ -28,7 +30,15 @@ from datapunk_shared.rpc.status_messages import add_status_service
 from datapunk_shared.status import StatusProvider
 from datapunk_shared.tracing import server_tracing_interceptor
 
-__all__ = ["PortInUse", "ServiceContext", "ServiceSpec", "create_server", "main_for", "serve"]
+__all__ = [
+    "PortInUse",
+    "ServiceContext",
+    "ServiceSpec",
+    "create_server",
+    "main_for",
+    "open_postgres",
+    "serve",
+]
 
 log = get_logger("datapunk.server")
 
@@ -50,6 +60,23 @@ class ServiceContext:
     monitor_prerequisites: list[Prerequisite] = field(default_factory=list)
     service_names: list[str] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def open_postgres(context: ServiceContext, service: str) -> AsyncConnectionPool:
+    """The service's PostgreSQL pool, closed at shutdown. The service's migrations
+    (package ``datapunk_<service>.migrations``) become a readiness prerequisite: they run
+    once PostgreSQL is reachable, and the service serves only after they succeeded."""
+    pool = create_pool(context.settings.engines.postgres, name=service)
+    await pool.open(wait=False)
+    context.cleanups.append(pool.close)
+    migrations = load_migrations(f"datapunk_{service}.migrations")
+
+    async def migrate() -> None:
+        async with pool.connection(timeout=context.service_settings.probe_timeout) as conn:
+            await apply_migrations(conn, service, migrations)
+
+    context.monitor_prerequisites.append(Prerequisite("schema migrations", "postgres", migrate))
+    return pool
 
 
 @dataclass(frozen=True)
