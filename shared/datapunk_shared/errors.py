@@ -46,6 +46,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "engine_unavailable",
     "error_for_code",
 ]
 
@@ -180,6 +181,18 @@ class Unavailable(_Retryable):
 
     code = "UNAVAILABLE"
     default_reason = "UNAVAILABLE"
+
+
+def engine_unavailable(
+    engine: str,
+    message: str,
+    *,
+    reason: str = "ENGINE_UNAVAILABLE",
+    retry_after: float = 1.0,
+) -> Unavailable:
+    """The error for a storage engine that cannot be reached now: ``reason`` and
+    ``metadata={"engine": engine}`` let clients tell which engine, ``retry_after`` when."""
+    return Unavailable(message, retry_after=retry_after, reason=reason, metadata={"engine": engine})
 
 
 class DeadlineExceeded(DatapunkError):

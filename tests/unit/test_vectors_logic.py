@@ -188,6 +188,11 @@ def test_server_errors_map_to_the_vocabulary() -> None:
     down = map_error(ResponseHandlingException(httpx.ConnectError("refused")), "docs")
     assert isinstance(down, Unavailable)
     assert down.retry_after is not None
+    assert (down.reason, down.metadata, down.retry_after) == (
+        "ENGINE_UNAVAILABLE",
+        {"engine": "qdrant"},
+        1.0,
+    )
     assert isinstance(map_error(httpx.ConnectError("refused")), Unavailable)
     missing = map_error(UnexpectedResponse(404, "Not Found", b"", httpx.Headers()), "docs")
     assert isinstance(missing, NotFound)
@@ -197,6 +202,7 @@ def test_server_errors_map_to_the_vocabulary() -> None:
     assert isinstance(exists, AlreadyExists)
     busy = map_error(UnexpectedResponse(503, "Unavailable", b"", httpx.Headers()), "docs")
     assert isinstance(busy, Unavailable)
+    assert (busy.reason, busy.metadata) == ("ENGINE_UNAVAILABLE", {"engine": "qdrant"})
     assert isinstance(map_error(ValueError("odd")), Internal)
 
 

@@ -31,6 +31,7 @@ from datapunk_shared.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    engine_unavailable,
 )
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -63,7 +64,6 @@ __all__ = ["FEATURE_SCHEMA", "PostgisSpatialStore", "PreparedBatch", "prepare_ba
 FEATURE_SCHEMA = "lake_spatial"
 _JSONB_VERSION = b"\x01"  # binary COPY of jsonb: a version byte, then the JSON text
 _MAX_VIOLATIONS = 20
-_RETRY_AFTER = 1.0
 _GEOJSON_DIGITS = 17  # enough decimal digits to give back every double as it was written
 _STAGE = "spatial_stage"
 
@@ -148,12 +148,10 @@ def _feature_not_found(layer_id: str, feature_id: str) -> NotFound:
 
 
 def _unavailable(exc: BaseException) -> Unavailable:
-    return Unavailable(
+    return engine_unavailable(
+        "postgres",
         f"PostgreSQL is unavailable: {type(exc).__name__}; nothing was written by this call "
         "unless it was acknowledged",
-        retry_after=_RETRY_AFTER,
-        reason="ENGINE_UNAVAILABLE",
-        metadata={"engine": "postgres"},
     )
 
 
@@ -166,11 +164,10 @@ def _engine_errors(layer_id: str | None = None) -> Iterator[None]:
     except pg_errors.UndefinedTable:
         if layer_id is not None:
             raise _layer_not_found(layer_id) from None
-        raise Unavailable(
+        raise engine_unavailable(
+            "postgres",
             "the spatial store's schema is not ready yet (migrations pending)",
-            retry_after=_RETRY_AFTER,
             reason="SCHEMA_NOT_READY",
-            metadata={"engine": "postgres"},
         ) from None
     except pg_errors.DataError as exc:
         # Values the Lake let through but PostgreSQL refused (e.g. a lone UTF-16

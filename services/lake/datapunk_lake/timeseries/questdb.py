@@ -25,6 +25,7 @@ from datapunk_shared.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    engine_unavailable,
 )
 from datapunk_shared.logging import get_logger
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -56,7 +57,6 @@ __all__ = ["QuestDBEngine", "sender_conf"]
 
 log = get_logger("datapunk.lake.timeseries")
 
-_RETRY_AFTER = 1.0
 _POOL_WAIT = 3.0
 _SYSTEM_TABLES = frozenset({"telemetry", "telemetry_config"})
 
@@ -112,12 +112,7 @@ def sender_conf(settings: QuestDBSettings, store: TimeSeriesStoreSettings) -> st
 
 
 def _unavailable(what: str, exc: BaseException | str) -> Unavailable:
-    return Unavailable(
-        f"QuestDB is unavailable ({what}): {exc}",
-        retry_after=_RETRY_AFTER,
-        reason="ENGINE_UNAVAILABLE",
-        metadata={"engine": "questdb"},
-    )
+    return engine_unavailable("questdb", f"QuestDB is unavailable ({what}): {exc}")
 
 
 def _engine_error(exc: psycopg.Error) -> DatapunkError:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
-from datapunk_shared.errors import AlreadyExists, DatapunkError, Internal, Unavailable
+from datapunk_shared.errors import AlreadyExists, DatapunkError, Internal, engine_unavailable
 from qdrant_client import AsyncQdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -47,7 +47,6 @@ from datapunk_lake.vectors.server_translate import (
 __all__ = ["ServerEngine", "map_error"]
 
 T = TypeVar("T")
-RETRY_AFTER = 1.0
 
 
 def map_error(exc: BaseException, collection: str | None = None) -> DatapunkError:
@@ -55,12 +54,7 @@ def map_error(exc: BaseException, collection: str | None = None) -> DatapunkErro
     if isinstance(exc, DatapunkError):
         return exc
     if isinstance(exc, ResponseHandlingException | httpx.TransportError | ConnectionError):
-        return Unavailable(
-            f"the Qdrant server cannot be reached: {exc}",
-            retry_after=RETRY_AFTER,
-            reason="ENGINE_UNAVAILABLE",
-            metadata={"engine": "qdrant"},
-        )
+        return engine_unavailable("qdrant", f"the Qdrant server cannot be reached: {exc}")
     if isinstance(exc, UnexpectedResponse):
         if exc.status_code == 404 and collection is not None:
             return collection_not_found(collection)
@@ -71,12 +65,7 @@ def map_error(exc: BaseException, collection: str | None = None) -> DatapunkErro
                 metadata={"collection": f"collections/{collection}"},
             )
         if exc.status_code in (502, 503, 504):
-            return Unavailable(
-                f"the Qdrant server answered {exc.status_code}",
-                retry_after=RETRY_AFTER,
-                reason="ENGINE_UNAVAILABLE",
-                metadata={"engine": "qdrant"},
-            )
+            return engine_unavailable("qdrant", f"the Qdrant server answered {exc.status_code}")
     return Internal(f"unexpected answer from the Qdrant server: {exc}")
 
 
