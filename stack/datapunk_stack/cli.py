@@ -1,5 +1,9 @@
 """The ``datapunk`` command: ``up``, ``up --detach``, ``down`` and ``status`` for the
-local stack in ``stack.data_dir`` (``.datapunk/`` in the working directory)."""
+local stack in ``stack.data_dir`` (``.datapunk/`` in the working directory).
+
+The supervisor and the probes (grpc, psycopg, redis, aiokafka, aiomqtt) are imported by
+the commands that use them, so ``down`` and the waiting half of ``up --detach`` start
+without loading every engine's client library."""
 
 from __future__ import annotations
 
@@ -19,8 +23,6 @@ from datapunk_shared.errors import ConfigError
 from datapunk_stack.layout import Layout, StackError
 from datapunk_stack.pidfile import Lock, read_state, running_pid
 from datapunk_stack.process import tail
-from datapunk_stack.status import collect, format_table
-from datapunk_stack.supervisor import Supervisor
 
 __all__ = ["main"]
 
@@ -70,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _up(settings: Settings, layout: Layout, engines_only: bool) -> int:
+    from datapunk_stack.supervisor import Supervisor
+
     lock = Lock.acquire(layout)
     if lock is None:
         return _already_running(settings, layout)
@@ -145,21 +149,30 @@ def _down(settings: Settings, layout: Layout) -> int:
     print(f"datapunk: stopping the stack (pid {pid})")
     os.kill(pid, signal.SIGTERM)
     # Each child may use its whole stop timeout, one after the other.
-    deadline = time.monotonic() + settings.stack.stop_timeout * 8 + 10
-    while time.monotonic() < deadline:
-        if running_pid(layout) is None:
-            print("datapunk: stopped")
-            return 0
-        time.sleep(0.2)
+    if _wait_stopped(layout, settings.stack.stop_timeout * 8 + 10):
+        print("datapunk: stopped")
+        return 0
     # The supervisor is stuck; killing it kills its children too (PR_SET_PDEATHSIG).
     os.kill(pid, signal.SIGKILL)
-    while running_pid(layout) is not None:
-        time.sleep(0.2)
+    _wait_stopped(layout, None)
     print("datapunk: the supervisor did not stop in time and was killed", file=sys.stderr)
     return 1
 
 
+def _wait_stopped(layout: Layout, timeout: float | None) -> bool:
+    """Whether the supervisor released its lock within ``timeout`` seconds (None: wait
+    as long as it takes)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while running_pid(layout) is not None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _status(settings: Settings, layout: Layout, *, engines_only: bool) -> int:
+    from datapunk_stack.status import collect, format_table
+
     pid = running_pid(layout)
     state = read_state(layout)
     if pid is not None and state is not None and state.pid == pid:
