@@ -29,15 +29,12 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
+from datapunk_nexus.contracts import default_descriptor_set
+
 __all__ = ["ResourceTags", "ancestors", "default_descriptor_set", "tag_matches"]
 
 _VARIABLE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 _VERSION = re.compile(r"^v\d+[a-z0-9]*$")
-
-
-def default_descriptor_set() -> Path:
-    """gen/descriptors/datapunk.binpb of the source tree."""
-    return Path(__file__).resolve().parents[4] / "gen" / "descriptors" / "datapunk.binpb"
 
 
 def ancestors(tag: str) -> list[str]:

@@ -16,6 +16,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from datapunk_nexus.contracts import default_descriptor_set
 from datapunk_nexus.edge.template import PathTemplate, TemplateError
 
 __all__ = [
@@ -29,13 +30,6 @@ __all__ = [
 
 PACKAGE = re.compile(r"^datapunk\.(?P<owner>[a-z]+)\.v[0-9]+$")
 """The same package rule envoy/generate.py applies."""
-
-
-def default_descriptor_set() -> Path:
-    """``gen/descriptors/datapunk.binpb`` of the source tree the generated code lives in."""
-    from datapunk.nexus.v1 import status_pb2
-
-    return Path(status_pb2.__file__).resolve().parents[4] / "descriptors" / "datapunk.binpb"
 
 
 @dataclass(frozen=True)

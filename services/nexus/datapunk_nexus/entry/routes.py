@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import datapunk
 from google.protobuf import descriptor_pb2
+
+from datapunk_nexus.contracts import default_descriptor_set
 
 __all__ = [
     "DEFAULT_DESCRIPTOR_SET",
@@ -24,9 +25,7 @@ __all__ = [
 ]
 
 # The descriptor set sits beside the generated Python package: gen/descriptors/.
-DEFAULT_DESCRIPTOR_SET = (
-    Path(next(iter(datapunk.__path__))).parent.parent / "descriptors" / "datapunk.binpb"
-)
+DEFAULT_DESCRIPTOR_SET = default_descriptor_set()
 
 _PACKAGE = re.compile(r"^datapunk\.(?P<owner>[a-z]+)\.v[0-9]+(?:(?:alpha|beta)[0-9]*)?$")
 
