@@ -25,6 +25,7 @@ from datapunk_shared.errors import (
     ResourceExhausted,
 )
 from datapunk_shared.logging import get_logger, request_id_var
+from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.server import PortInUse
 
 from datapunk_nexus.edge.backends import Backends
@@ -60,7 +61,7 @@ __all__ = ["RestEdge"]
 
 log = get_logger("datapunk.nexus.edge")
 
-REQUEST_ID = "x-request-id"
+REQUEST_ID = REQUEST_ID_KEY
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Request headers passed on to the backend as gRPC metadata.
 _FORWARDED_HEADERS = ("authorization", "x-api-key", "traceparent", "tracestate", "baggage")
@@ -138,8 +139,11 @@ class RestEdge:
         self.gate: RequestGate = gate or OpenGate()
         self.cache: ResponseCache = cache or NoCache()
         self._by_method: dict[str, list[Route]] = {}
+        # The configured timeout of each method, looked up once here, not per request.
+        self._route_timeouts: dict[str, float | None] = {}
         for route in table.routes:
             self._by_method.setdefault(route.http_method, []).append(route)
+            self._route_timeouts[route.grpc_method] = self._configured_timeout(route)
         self._cors = CorsPolicy(
             frozenset(settings.cors_origins), allow_credentials=settings.cors_allow_credentials
         )
@@ -328,13 +332,18 @@ class RestEdge:
 
     # --- forwarding ---------------------------------------------------------------------
 
-    def _timeout(self, exchange: _Exchange, route: Route, *, streaming: bool) -> float | None:
+    def _configured_timeout(self, route: Route) -> float | None:
+        """By method, then by service; unary calls fall back to ``route_timeout``."""
         configured = self.settings.route_timeouts
         limit = configured.get(route.grpc_method)
         if limit is None:
             limit = configured.get(f"{route.package}.{route.service}")
-        if limit is None and not streaming:
+        if limit is None and not (route.client_streaming or route.server_streaming):
             limit = self.settings.route_timeout
+        return limit
+
+    def _timeout(self, exchange: _Exchange, route: Route) -> float | None:
+        limit = self._route_timeouts[route.grpc_method]
         client = _grpc_timeout(exchange.request.headers.get("grpc-timeout"))
         if client is not None:
             limit = client if limit is None else min(limit, client)
@@ -388,7 +397,7 @@ class RestEdge:
         self, exchange: _Exchange, route: Route, values: dict[str, str]
     ) -> web.StreamResponse:
         payload = await self._request_payload(exchange, route, values)
-        timeout = self._timeout(exchange, route, streaming=False)
+        timeout = self._timeout(exchange, route)
         call = CallInfo(method=route.grpc_method, client_ip=exchange.client_ip, request=payload)
         async with self.gate.admit(call) as gate_headers:
             exchange.headers.update(gate_headers)
@@ -404,12 +413,8 @@ class RestEdge:
                     )
                 if cacheable:
                     await self.cache.put(call, data)
-                await self._after_call(call)
+                await self.cache.after_call(call)  # drops what a write changed
         return self._json(exchange, decode_response(route, data))
-
-    async def _after_call(self, call: CallInfo) -> None:
-        """Lets the cache drop what a successful write changed."""
-        await self.cache.after_call(call)
 
     async def _ndjson_messages(
         self, exchange: _Exchange, route: Route, values: dict[str, str], state: _StreamState
@@ -471,7 +476,7 @@ class RestEdge:
         else:
             payload = await self._request_payload(exchange, route, values)
             requests = payload
-        timeout = self._timeout(exchange, route, streaming=True)
+        timeout = self._timeout(exchange, route)
         kind = ("stream_" if route.client_streaming else "unary_") + (
             "stream" if route.server_streaming else "unary"
         )
@@ -486,11 +491,11 @@ class RestEdge:
                     data = await call
                 except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
                     return self._stream_failure(exchange, route, state, exc, timeout)
-                await self._after_call(info)
+                await self.cache.after_call(info)
                 return self._json(exchange, decode_response(route, data))
             response = await self._relay(exchange, route, state, call, timeout)
             if state.completed:
-                await self._after_call(info)
+                await self.cache.after_call(info)
             return response
 
     def _stream_failure(
