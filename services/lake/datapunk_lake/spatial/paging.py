@@ -6,13 +6,12 @@ token used with another query is refused instead of silently giving wrong pages.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from typing import Any
 
-from datapunk_shared.errors import FieldViolation, InvalidArgument
+from datapunk_shared.errors import InvalidArgument
+from datapunk_shared.paging import decode_page_token, encode_page_token, invalid_page_token
 
 __all__ = ["decode_token", "encode_token", "fingerprint"]
 
@@ -25,16 +24,11 @@ def fingerprint(*parts: object) -> str:
 
 def encode_token(query: str, position: list[Any]) -> str:
     """A token for the page after ``position`` of the query with fingerprint ``query``."""
-    raw = json.dumps({"q": query, "p": position}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_page_token(json.dumps({"q": query, "p": position}, separators=(",", ":")))
 
 
 def _invalid(description: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"invalid page_token: {description}",
-        violations=[FieldViolation("page_token", description, "INVALID_PAGE_TOKEN")],
-        reason="INVALID_PAGE_TOKEN",
-    )
+    return invalid_page_token(f"invalid page_token: {description}", description)
 
 
 def decode_token(token: str, query: str, shape: tuple[type, ...]) -> list[Any] | None:
@@ -43,9 +37,8 @@ def decode_token(token: str, query: str, shape: tuple[type, ...]) -> list[Any] |
     if not token:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError):
+        value = json.loads(decode_page_token(token))
+    except ValueError:
         raise _invalid("not a token this service issued") from None
     if not isinstance(value, dict) or not isinstance(value.get("p"), list):
         raise _invalid("not a token this service issued")

@@ -4,13 +4,12 @@ refused instead of returning the wrong page."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from typing import Any
 
 from datapunk_shared.errors import FieldViolation, InvalidArgument
+from datapunk_shared.paging import decode_page_token, encode_page_token, invalid_page_token
 
 __all__ = ["decode_token", "encode_token", "fingerprint", "page_size"]
 
@@ -24,8 +23,7 @@ def fingerprint(*parts: object) -> str:
 
 def encode_token(kind: str, query_fingerprint: str, **position: Any) -> str:
     body = {"k": kind, "f": query_fingerprint, **position}
-    raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_page_token(json.dumps(body, separators=(",", ":"), sort_keys=True))
 
 
 def decode_token(token: str, kind: str, query_fingerprint: str) -> dict[str, Any] | None:
@@ -34,24 +32,16 @@ def decode_token(token: str, kind: str, query_fingerprint: str) -> dict[str, Any
     if not token:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        body = json.loads(raw)
+        body = json.loads(decode_page_token(token))
         valid = (
             isinstance(body, dict) and body.get("k") == kind and body.get("f") == query_fingerprint
         )
-    except (binascii.Error, ValueError):
+    except ValueError:
         valid = False
     if not valid:
-        raise InvalidArgument(
+        raise invalid_page_token(
             "page_token does not belong to this request; start again without it",
-            violations=[
-                FieldViolation(
-                    "page_token",
-                    "not a page token of this request (same series and parameters)",
-                    "INVALID_PAGE_TOKEN",
-                )
-            ],
-            reason="INVALID_PAGE_TOKEN",
+            "not a page token of this request (same series and parameters)",
         )
     return {k: v for k, v in body.items() if k not in ("k", "f")}
 

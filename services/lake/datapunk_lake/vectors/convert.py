@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 from datapunk.lake.v1 import vectors_pb2 as pb
 from datapunk_shared.errors import FieldViolation, InvalidArgument
+from datapunk_shared.paging import decode_page_token, encode_page_token, invalid_page_token
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from datapunk_lake.vectors.domain import (
@@ -383,14 +383,19 @@ def query_from_pb(message: pb.VectorQuery) -> VectorQuery:
 # ---- page tokens ---------------------------------------------------------------------
 
 
+def _bad_token(field: str) -> InvalidArgument:
+    return invalid_page_token(
+        f"{field} is not a token this service issued", "not a page token this service issued", field
+    )
+
+
 def encode_offset_token(offset: PointId) -> str:
-    text = f"n:{offset}" if isinstance(offset, int) else f"u:{offset}"
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    return encode_page_token(f"n:{offset}" if isinstance(offset, int) else f"u:{offset}")
 
 
 def decode_offset_token(token: str, field: str = "page_token") -> PointId:
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        text = decode_page_token(token)
         kind, _, value = text.partition(":")
         if kind == "n":
             number = int(value)
@@ -401,30 +406,18 @@ def decode_offset_token(token: str, field: str = "page_token") -> PointId:
             return str(uuid.UUID(value))
         raise ValueError(text)
     except ValueError:
-        raise InvalidArgument(
-            f"{field} is not a token this service issued",
-            violations=[
-                FieldViolation(field, "not a page token this service issued", "INVALID_PAGE_TOKEN")
-            ],
-            reason="INVALID_PAGE_TOKEN",
-        ) from None
+        raise _bad_token(field) from None
 
 
 def encode_name_token(name: str) -> str:
-    return base64.urlsafe_b64encode(f"c:{name}".encode()).decode().rstrip("=")
+    return encode_page_token(f"c:{name}")
 
 
 def decode_name_token(token: str, field: str = "page_token") -> str:
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        text = decode_page_token(token)
         if not text.startswith("c:"):
             raise ValueError(text)
         return text[2:]
     except ValueError:
-        raise InvalidArgument(
-            f"{field} is not a token this service issued",
-            violations=[
-                FieldViolation(field, "not a page token this service issued", "INVALID_PAGE_TOKEN")
-            ],
-            reason="INVALID_PAGE_TOKEN",
-        ) from None
+        raise _bad_token(field) from None
