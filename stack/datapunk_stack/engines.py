@@ -23,15 +23,7 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import psycopg
 from datapunk_shared.config import Settings
-from datapunk_shared.probes import (
-    KafkaProbe,
-    MqttProbe,
-    PostgresProbe,
-    Probe,
-    QuestDBProbe,
-    RedisProbe,
-    redact_url,
-)
+from datapunk_shared.probes import Probe, build_probes, redact_url
 from psycopg import sql
 
 from datapunk_stack.layout import Layout, StackError
@@ -80,9 +72,10 @@ class Engine(ABC):
     def ports(self) -> list[tuple[str, int]]:
         """Every (host, port) the engine listens on; checked free before any start."""
 
-    @abstractmethod
     def probe(self) -> Probe:
-        """The round-trip that says the engine works (also used by ``status``)."""
+        """The round-trip that says the engine works (also used by ``status``): the
+        same probe the services' health checks build for this engine's settings."""
+        return build_probes(self.settings.engines, [self.name])[0]
 
     def readiness_probe(self) -> Probe:
         """What ``up`` waits for; by default the status probe."""
@@ -140,9 +133,6 @@ class Postgres(Engine):
 
     def ports(self) -> list[tuple[str, int]]:
         return [(self.host, self.port)]
-
-    def probe(self) -> Probe:
-        return PostgresProbe(self.url)
 
     def readiness_probe(self) -> Probe:
         if not self.managed:
@@ -286,9 +276,6 @@ class QuestDB(Engine):
     def ports(self) -> list[tuple[str, int]]:
         return [self.http, self.pg, self.min_http]
 
-    def probe(self) -> Probe:
-        return QuestDBProbe(self.settings.engines.questdb.pg_url)
-
     def jar(self) -> Path:
         jars = sorted(self.layout.engines_lib.glob("questdb-*.jar"))
         if not jars:
@@ -383,9 +370,6 @@ class Kafka(Engine):
 
     def ports(self) -> list[tuple[str, int]]:
         return [self.broker, self.controller]
-
-    def probe(self) -> Probe:
-        return KafkaProbe(self.settings.engines.kafka.bootstrap_servers)
 
     def classpath(self) -> str:
         jars = [p for p in sorted(self.layout.engines_lib.glob("*.jar")) if "questdb" not in p.name]
@@ -484,9 +468,6 @@ class Mosquitto(Engine):
     def ports(self) -> list[tuple[str, int]]:
         return [self.listener]
 
-    def probe(self) -> Probe:
-        return MqttProbe(self.url)
-
     def prepare(self) -> None:
         super().prepare()
         host, port = self.listener
@@ -533,9 +514,6 @@ class Redis(Engine):
 
     def ports(self) -> list[tuple[str, int]]:
         return [self.listener]
-
-    def probe(self) -> Probe:
-        return RedisProbe(self.url)
 
     def prepare(self) -> None:
         super().prepare()
