@@ -893,8 +893,10 @@ async def test_questdb_down_is_unavailable_and_nothing_is_acknowledged(
                 )
             )
     assert isinstance(error, Unavailable)
+    assert error.reason == "ENGINE_UNAVAILABLE"
     assert error.retry_after is not None
     assert error.retry_after > 0
+    assert error.metadata == {"engine": "questdb"}
     time.sleep(0.5)
     assert _count(qdb, series_id) == 0
 
