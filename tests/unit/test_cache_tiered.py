@@ -3,8 +3,12 @@ that invalidate, and answers that raced with an invalidation never stored."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from datapunk.lake.v1 import vectors_pb2
 from datapunk_nexus.cache import build_cache
+from datapunk_nexus.cache.lru import LocalLru
+from datapunk_nexus.cache.tags import ResourceTags
 from datapunk_nexus.cache.tiered import TieredCache
 from datapunk_nexus.policy import CallInfo
 from datapunk_shared.config import CacheRule, CacheSettings
@@ -95,3 +99,48 @@ async def test_put_without_a_miss_and_oversized_answers_are_ignored() -> None:
     small, _ = build_cache(settings, None, None)
     await fill(small, get_call(principal="alice"), b"x" * 11)
     assert await small.get(get_call(principal="alice")) is None
+
+
+class _FakeShared:
+    """A Redis layer that always misses and records what is put."""
+
+    def __init__(self) -> None:
+        self.puts: list[tuple[str, bytes, bytes, float]] = []
+
+    async def get(self, key: str, tag: str) -> tuple[bytes | None, bytes, float]:
+        return None, b"stamp", 0.0
+
+    async def put(self, key: str, stamp: bytes, value: bytes, ttl: float) -> None:
+        self.puts.append((key, stamp, value, ttl))
+
+    async def invalidate(self, tags: Sequence[str]) -> None:
+        return None
+
+
+async def test_a_miss_and_its_put_decode_the_request_for_its_tag_once() -> None:
+    tags = ResourceTags()
+    seen: list[str] = []
+    tag_of = tags.tag
+
+    def counted(method: str, request: bytes) -> str:
+        seen.append(tag_of(method, request))
+        return seen[-1]
+
+    tags.tag = counted  # type: ignore[method-assign]
+    shared = _FakeShared()
+    c = TieredCache(
+        [CacheRule(methods=[VS + "Get*"], ttl=60)],
+        [],
+        tags,
+        LocalLru(max_entries=100, max_bytes=1 << 20),
+        shared=shared,  # type: ignore[arg-type]
+        max_entry_bytes=1 << 20,
+    )
+    c.set_local_usable(True)
+    call = get_call(principal="alice")
+    await fill(c, call, b"docs")
+    assert seen == ["lake/collections/docs"]
+    assert [(stamp, value) for _, stamp, value, _ in shared.puts] == [(b"stamp", b"docs")]
+    assert await c.get(call) == b"docs"  # kept locally, under the tag worked out by get
+    await c.after_call(upsert_call())
+    assert await c.get(call) is None

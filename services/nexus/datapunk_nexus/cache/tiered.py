@@ -50,6 +50,8 @@ class _Pending:
     stamp: bytes | None
     epoch: int
     at: float
+    tag: str | None
+    """The call's tag when the ``get`` already worked it out (it decodes the request)."""
 
 
 class TieredCache:
@@ -100,7 +102,7 @@ class TieredCache:
             if value is not None:
                 self._hits_local.inc()
                 return value
-        stamp = None
+        stamp = tag = None
         if self._shared is not None and time.monotonic() >= self._shared_down_until:
             tag = self._tags.tag(call.method, call.request)
             epoch = self._epoch
@@ -115,7 +117,7 @@ class TieredCache:
                     self._store_local(key, tag, value, min(ttl, ttl_left))
                 return value
         CACHE_MISSES.inc()
-        self._remember(key, stamp)
+        self._remember(key, stamp, tag)
         return None
 
     async def put(self, call: CallInfo, response: bytes) -> None:
@@ -128,7 +130,9 @@ class TieredCache:
             return  # no miss before it (or a very old one): nothing safe to stamp it with
         if len(response) > self._max_entry_bytes:
             return
-        tag = self._tags.tag(call.method, call.request)
+        tag = pending.tag
+        if tag is None:
+            tag = self._tags.tag(call.method, call.request)
         if self.local_usable and not self._invalidated_since(pending.epoch, tag):
             self._store_local(key, tag, response, ttl)
         if (
@@ -211,11 +215,11 @@ class TieredCache:
             )
         return found
 
-    def _remember(self, key: str, stamp: bytes | None) -> None:
+    def _remember(self, key: str, stamp: bytes | None, tag: str | None) -> None:
         # Two concurrent misses of one key keep the older stamp: a newer stamp must never
         # validate an answer fetched before it.
         if key not in self._pending:
-            self._pending[key] = _Pending(stamp, self._epoch, time.monotonic())
+            self._pending[key] = _Pending(stamp, self._epoch, time.monotonic(), tag)
             if len(self._pending) > _MAX_PENDING:
                 self._pending.popitem(last=False)
 
