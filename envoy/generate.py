@@ -371,6 +371,16 @@ def http_connection_manager(
     }
 
 
+def http_listener(name: str, address: Json, hcm: Json) -> Json:
+    """A listener with one filter chain: the HTTP connection manager ``hcm``."""
+    return {"name": name, "address": address, "filter_chains": [{"filters": [hcm]}]}
+
+
+def single_host_routes(name: str, host: str, routes: list[Json]) -> Json:
+    """A route configuration with one virtual host that takes every authority."""
+    return {"name": name, "virtual_hosts": [{"name": host, "domains": ["*"], "routes": routes}]}
+
+
 # --- the edge -------------------------------------------------------------------------------
 
 
@@ -499,13 +509,11 @@ def edge(services: Sequence[Service], addresses: dict[str, tuple[str, int]], opt
         {"name": "envoy.filters.http.ratelimit", "typed_config": ratelimit},
         router_filter(),
     ]
-    listener: Json = {
-        "name": "edge",
-        "address": socket(opt.listen_address, EDGE_PORT),
-        "filter_chains": [
-            {"filters": [http_connection_manager("edge", route_config, http_filters, edge=True)]}
-        ],
-    }
+    listener = http_listener(
+        "edge",
+        socket(opt.listen_address, EDGE_PORT),
+        http_connection_manager("edge", route_config, http_filters, edge=True),
+    )
     if tls:
         listener["filter_chains"][0]["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
@@ -599,55 +607,33 @@ def sidecar(
     inbound_routes += grpc_routes(own, {owner: local}, retry_policy=LOCAL_RETRY_POLICY)
     inbound_routes.append(not_found_route(authz=authz))
     inbound_filters = [ext_authz_filter()] if authz else []
-    inbound = {
-        "name": "inbound",
-        "address": socket(opt.listen_address, inbound_port),
-        "filter_chains": [
-            {
-                "filters": [
-                    http_connection_manager(
-                        f"inbound_{owner}",
-                        {
-                            "name": "inbound",
-                            "virtual_hosts": [
-                                {"name": owner, "domains": ["*"], "routes": inbound_routes}
-                            ],
-                        },
-                        [*inbound_filters, router_filter()],
-                        edge=False,
-                    )
-                ]
-            }
-        ],
-    }
+    inbound = http_listener(
+        "inbound",
+        socket(opt.listen_address, inbound_port),
+        http_connection_manager(
+            f"inbound_{owner}",
+            single_host_routes("inbound", owner, inbound_routes),
+            [*inbound_filters, router_filter()],
+            edge=False,
+        ),
+    )
     outbound_routes = grpc_routes(
         [s for s in services if s.owner != owner],
         {o: o for o in others},
         retry_policy=RETRY_POLICY,
     )
     outbound_routes.append(not_found_route(authz=False))
-    outbound = {
-        "name": "outbound",
+    outbound = http_listener(
+        "outbound",
         # Only the local service calls out through its sidecar.
-        "address": socket("127.0.0.1", outbound_port),
-        "filter_chains": [
-            {
-                "filters": [
-                    http_connection_manager(
-                        f"outbound_{owner}",
-                        {
-                            "name": "outbound",
-                            "virtual_hosts": [
-                                {"name": "mesh", "domains": ["*"], "routes": outbound_routes}
-                            ],
-                        },
-                        [router_filter()],
-                        edge=False,
-                    )
-                ]
-            }
-        ],
-    }
+        socket("127.0.0.1", outbound_port),
+        http_connection_manager(
+            f"outbound_{owner}",
+            single_host_routes("outbound", "mesh", outbound_routes),
+            [router_filter()],
+            edge=False,
+        ),
+    )
     clusters = [cluster(local, host, app_port, health_service_name(owner, services))]
     for other in others:
         other_host = opt.hosts.get(other, addresses[other][0])
