@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from google.api import annotations_pb2, http_pb2
@@ -60,6 +61,12 @@ class Route:
             return []
         bound = {v.split(".")[0] for v in self.template.variables}
         return [f for f in self.input.fields if f.name not in bound and f.name != self.body]
+
+    @cached_property
+    def query_names(self) -> frozenset[str]:
+        """The names (proto and JSON) of ``body_fields``, worked out once per route."""
+        fields = self.body_fields()
+        return frozenset(f.name for f in fields) | frozenset(f.json_name for f in fields)
 
 
 class Comments:

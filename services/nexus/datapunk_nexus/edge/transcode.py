@@ -166,10 +166,9 @@ def _merge_bindings(
                 dotted, "bound by the URL path; do not repeat it in the body", "BINDING_COLLISION"
             )
         _set_path(document, descriptor, dotted, value, repeated_ok=False)
-    allowed = {f.name for f in route.body_fields()} | {f.json_name for f in route.body_fields()}
     for key, value in query:
         top = key.split(".")[0]
-        if top not in allowed:
+        if top not in route.query_names:
             raise _bad(key, "unknown query parameter", "UNKNOWN_QUERY_PARAMETER")
         _set_path(document, descriptor, key, value, repeated_ok=True)
 
