@@ -121,6 +121,19 @@ def _grpc_timeout(value: str | None) -> float | None:
     return int(found[1]) * _UNIT_SECONDS[found[2]]
 
 
+def _body_too_large(limit: int) -> _Refused:
+    """413: made only when a body is refused, not for every request read."""
+    return _Refused(
+        ResourceExhausted(
+            f"the request body is larger than {limit} bytes",
+            reason="REQUEST_TOO_LARGE",
+            metadata={"limit_bytes": str(limit)},
+        ),
+        413,
+        {},
+    )
+
+
 class RestEdge:
     """The REST/JSON edge of Nexus; ``start`` binds it inside the running asyncio loop."""
 
@@ -365,23 +378,14 @@ class RestEdge:
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.settings.max_body_bytes
-        too_large = _Refused(
-            ResourceExhausted(
-                f"the request body is larger than {limit} bytes",
-                reason="REQUEST_TOO_LARGE",
-                metadata={"limit_bytes": str(limit)},
-            ),
-            413,
-            {},
-        )
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise _body_too_large(limit)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _body_too_large(limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
