@@ -5,8 +5,8 @@ no interceptors, no logging, no metrics (server reflection on, for ghz), serving
 
     python -m bench.bare_server --port PORT --response FILE
 
-It has the same server options as ``datapunk_shared.rpc.server.create_server`` and stops
-on SIGTERM/SIGINT."""
+It is built by ``datapunk_shared.rpc.server.create_server`` (the services' server
+options), without interceptors or edges, and stops on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import grpc
 from datapunk.stream.v1 import status_pb2, status_pb2_grpc
+from datapunk_shared.rpc.server import PortInUse, create_server
 from grpc_reflection.v1alpha import reflection
 
 # The generated stubs are untyped; use them through Any.
@@ -35,13 +35,10 @@ class BareStatusServicer(stream_grpc.StatusServiceServicer):  # type: ignore[mis
 
 
 async def serve(port: int, response: status_pb2.GetStatusResponse) -> None:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            ("grpc.max_send_message_length", 16 * 1024 * 1024),
-        ]
-    )
+    try:
+        server, _ = create_server(f"127.0.0.1:{port}")
+    except PortInUse as exc:
+        raise SystemExit(f"bare_server: {exc}") from None
     stream_grpc.add_StatusServiceServicer_to_server(BareStatusServicer(response), server)
     # Reflection lets ghz find the method without a descriptor file; it costs nothing per call.
     reflection.enable_server_reflection(
@@ -51,8 +48,6 @@ async def serve(port: int, response: status_pb2.GetStatusResponse) -> None:
         ],
         server,
     )
-    if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-        raise SystemExit(f"bare_server: port {port} is in use")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
