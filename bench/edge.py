@@ -114,8 +114,21 @@ def _processes(workdir: Path) -> Iterator[tuple[int, int, int]]:
 
 _WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
 _WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*")
+_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_SOCKET_ERRORS = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
+)
 _UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def _wrk_errors(report: str) -> int:
+    """Failed requests in a wrk report: non-2xx/3xx answers plus socket errors (connect,
+    read, write, timeout); wrk prints each line only when its count is not zero."""
+    non_2xx = _WRK_NON_2XX.search(report)
+    socket_errors = _WRK_SOCKET_ERRORS.search(report)
+    return (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    )
 
 
 def _wrk(port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int) -> Measurement:
@@ -140,8 +153,7 @@ def _wrk(port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int) ->
     cpu = process_cpu_seconds(nexus_pid) - cpu
     latency = {int(q): float(v) * _UNIT_US[u] for q, v, u in _WRK_LATENCY.findall(done.stdout)}
     qps = float(_WRK_RPS.search(done.stdout).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", done.stdout)
-    errors = int(non_2xx.group(1)) if non_2xx else 0
+    errors = _wrk_errors(done.stdout)
     calls = max(qps * seconds, 1)
     return Measurement(
         "rest", "wrk", concurrency, rnd, qps, latency[50], latency[99], errors, cpu / calls * 1e6
@@ -221,7 +233,9 @@ def run() -> Result:
                     sum(m.errors for m in ms),
                 ]
             )
-    rest_cpu = statistics.median(m.nexus_cpu_us_per_call for m in pick("rest", 16))
+    rest_cpu = statistics.median(
+        m.nexus_cpu_us_per_call for m in pick("rest", THROUGHPUT_CONCURRENCY)
+    )
     errors = sum(m.errors for m in measurements)
     return Result(
         name=NAME,

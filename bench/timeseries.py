@@ -416,11 +416,10 @@ async def _run(quick: bool) -> Result:
                     kinds = _query_kinds(sync_stub, conn, target, data, rng)
                     for kind, make in kinds.items():
                         samples: dict[str, list[float]] = {"lake": [], "raw": []}
-                        for warm in range(5):
+                        for _ in range(5):  # warm-up
                             lake_call, raw_call = make()
                             await lake_call()
                             await raw_call()
-                            del warm
                         for index in range(queries_per_kind):
                             lake_call, raw_call = make()
                             calls = [("lake", lake_call), ("raw", raw_call)]
