@@ -31,6 +31,9 @@ from pydantic_settings import (
 from datapunk_shared.errors import ConfigError
 
 __all__ = [
+    "ApiKeySettings",
+    "AuditSettings",
+    "AuthSettings",
     "CacheRule",
     "CacheSettings",
     "ConcurrencyRule",
@@ -40,15 +43,21 @@ __all__ = [
     "LakeSettings",
     "LogSettings",
     "MqttSettings",
+    "NexusAuthSettings",
     "NexusSettings",
+    "OAuthSettings",
+    "OidcSettings",
+    "PolicySettings",
     "PostgresSettings",
     "QuestDBSettings",
     "RateLimitRule",
     "RateLimitSettings",
     "RedisSettings",
     "RestEdgeSettings",
+    "SecretsSettings",
     "ServiceSettings",
     "Settings",
+    "SigningSettings",
     "SpatialStoreSettings",
     "StackSettings",
     "StreamSettings",
@@ -294,6 +303,55 @@ class RestEdgeSettings(_Strict):
         return self
 
 
+# --- identity and access (docs/identity.md) ------------------------------------------
+
+
+class SecretsSettings(_Strict):
+    """Where secrets and signing keys come from (``datapunk_shared.secrets``)."""
+
+
+class SigningSettings(_Strict):
+    """Nexus's token signing keys: rotation by ``kid``, kept on a PKCS#11 token or, for
+    development, derived from a secret provider."""
+
+
+class OAuthSettings(_Strict):
+    """Nexus as an OAuth 2.0 authorization server for machine clients."""
+
+
+class OidcSettings(_Strict):
+    """External OpenID Connect providers whose access tokens the edges accept."""
+
+
+class ApiKeySettings(_Strict):
+    """API keys: how they are hashed and how long they live."""
+
+
+class PolicySettings(_Strict):
+    """Roles and permissions (pycasbin), default deny."""
+
+
+class AuditSettings(_Strict):
+    """The tamper-evident audit trail in PostgreSQL."""
+
+
+class NexusAuthSettings(_Strict):
+    """Identity and access at Nexus: the authorization server, the trusted external
+    providers, API keys, the policy and the audit trail."""
+
+    signing: SigningSettings = SigningSettings()
+    oauth: OAuthSettings = OAuthSettings()
+    oidc: OidcSettings = OidcSettings()
+    api_keys: ApiKeySettings = ApiKeySettings()
+    policy: PolicySettings = PolicySettings()
+    audit: AuditSettings = AuditSettings()
+
+
+class AuthSettings(_Strict):
+    """How every service authenticates its callers (``datapunk_shared.auth``): which
+    issuer's tokens it trusts and which audience it answers to."""
+
+
 class NexusSettings(ServiceSettings):
     port: Port = 50053
     metrics_port: Port = 9153
@@ -301,6 +359,7 @@ class NexusSettings(ServiceSettings):
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
     rest: RestEdgeSettings = RestEdgeSettings()
+    auth: NexusAuthSettings = NexusAuthSettings()
 
 
 class PostgresSettings(_Strict):
@@ -406,6 +465,8 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
+    auth: AuthSettings = AuthSettings()
+    secrets: SecretsSettings = SecretsSettings()
 
     @classmethod
     def settings_customise_sources(
