@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from datapunk_shared.auth.identity import identity_var
+
 __all__ = ["configure_logging", "get_logger", "request_id_var"]
 
 request_id_var: ContextVar[str | None] = ContextVar("datapunk_request_id", default=None)
@@ -19,6 +21,15 @@ def _add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     request_id = request_id_var.get()
     if request_id is not None:
         event.setdefault("request_id", request_id)
+    identity = identity_var.get()
+    if identity is not None:
+        # The caller whose permissions apply (for a forwarded call, the one Nexus acts
+        # for), so every log line of a call says who and which tenant.
+        effective = identity.effective
+        event.setdefault("principal", effective.subject)
+        event.setdefault("tenant", effective.tenant)
+        if effective is not identity:
+            event.setdefault("via", identity.subject)
     return event
 
 

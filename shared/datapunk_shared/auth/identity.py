@@ -40,6 +40,8 @@ class Identity:
     credential_id: str = ""
     """The token's ``jti`` or the API key's id (never a secret), for audit and
     revocation."""
+    expires_at: float | None = None
+    """When the credential stops being valid (Unix seconds), if it expires."""
     attributes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Attributes the policy may test, such as ``clearance`` (a data classification
     level)."""

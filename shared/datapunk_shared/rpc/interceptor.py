@@ -15,12 +15,15 @@ import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import Token
 from typing import Any, NoReturn
 
 import grpc
 import protovalidate
 from google.protobuf.message import Message
 
+from datapunk_shared.auth.identity import Identity, identity_var
+from datapunk_shared.auth.interceptor import CallerAuthenticator, is_public_method
 from datapunk_shared.errors import DatapunkError, FieldViolation, Internal, InvalidArgument
 from datapunk_shared.logging import get_logger, request_id_var
 from datapunk_shared.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_TOTAL
@@ -75,7 +78,15 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class _Call:
     """Book-keeping of one RPC: request id, timing, final code, metrics, access log."""
 
-    __slots__ = ("_interceptor", "_started", "_token", "code", "method", "request_id")
+    __slots__ = (
+        "_identity_token",
+        "_interceptor",
+        "_started",
+        "_token",
+        "code",
+        "method",
+        "request_id",
+    )
 
     def __init__(self, interceptor: DatapunkServerInterceptor, method: str, rid: str) -> None:
         self._interceptor = interceptor
@@ -83,8 +94,16 @@ class _Call:
         self.request_id = rid
         self.code = "OK"
         self._token = request_id_var.set(rid)
+        self._identity_token: Token[Identity | None] | None = None
         self._started = time.perf_counter()
         interceptor.in_flight.inc()
+
+    async def authenticate(
+        self, authenticator: CallerAuthenticator, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Verify the caller's credentials and make its identity the call's."""
+        identity = await authenticator.authenticate(context.invocation_metadata() or ())
+        self._identity_token = identity_var.set(identity)
 
     async def fail(
         self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
@@ -127,15 +146,23 @@ class _Call:
         ):
             log.info("rpc", method=self.method, code=self.code, ms=round(elapsed * 1000, 3))
         request_id_var.reset(self._token)
+        if self._identity_token is not None:
+            identity_var.reset(self._identity_token)
 
 
 class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler once (cached per method) with the edges described above."""
 
     def __init__(
-        self, service: str, *, access_log: str = "all", slow_call_seconds: float = 1.0
+        self,
+        service: str,
+        *,
+        access_log: str = "all",
+        slow_call_seconds: float = 1.0,
+        authenticator: CallerAuthenticator | None = None,
     ) -> None:
         self.service = service
+        self.authenticator = authenticator
         self.access_log = access_log
         self.slow_call_seconds = slow_call_seconds
         self.in_flight = RPC_IN_FLIGHT.labels(service)
@@ -184,10 +211,20 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(stream_unary=self._stream_unary(method, handler.stream_unary))
         return handler._replace(stream_stream=self._stream_stream(method, handler.stream_stream))
 
+    def _guard(self, method: str) -> CallerAuthenticator | None:
+        """The authenticator a method's calls must pass (None: served to anyone)."""
+        if self.authenticator is None or is_public_method(method):
+            return None
+        return self.authenticator
+
     def _unary_unary(self, method: str, inner: Any) -> Any:
+        guard = self._guard(method)
+
         async def behavior(request: Message, context: Any) -> Any:
             call = _Call(self, method, _request_id(context))
             try:
+                if guard is not None:
+                    await call.authenticate(guard, context)
                 _check(request)
                 response = await inner(request, context)
                 context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
@@ -200,9 +237,13 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
         return behavior
 
     def _unary_stream(self, method: str, inner: Any) -> Any:
+        guard = self._guard(method)
+
         async def behavior(request: Message, context: Any) -> AsyncIterator[Any]:
             call = _Call(self, method, _request_id(context))
             try:
+                if guard is not None:
+                    await call.authenticate(guard, context)
                 _check(request)
                 async for item in _responses(inner(request, context)):
                     yield item
@@ -215,9 +256,13 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
         return behavior
 
     def _stream_unary(self, method: str, inner: Any) -> Any:
+        guard = self._guard(method)
+
         async def behavior(requests: AsyncIterator[Message], context: Any) -> Any:
             call = _Call(self, method, _request_id(context))
             try:
+                if guard is not None:
+                    await call.authenticate(guard, context)
                 response = await inner(_checked(requests), context)
                 context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
                 return response
@@ -229,9 +274,13 @@ class DatapunkServerInterceptor(grpc.aio.ServerInterceptor):
         return behavior
 
     def _stream_stream(self, method: str, inner: Any) -> Any:
+        guard = self._guard(method)
+
         async def behavior(requests: AsyncIterator[Message], context: Any) -> AsyncIterator[Any]:
             call = _Call(self, method, _request_id(context))
             try:
+                if guard is not None:
+                    await call.authenticate(guard, context)
                 async for item in _responses(inner(_checked(requests), context)):
                     yield item
                 context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))

@@ -1,0 +1,201 @@
+"""The service side of authentication: every call a Datapunk service serves must carry a
+valid bearer token, checked here before the handler runs (the shared server edge in
+``datapunk_shared.rpc.interceptor`` calls ``CallerAuthenticator.authenticate``).
+
+A call Nexus forwards on a caller's behalf carries Nexus's own service token plus the
+caller's identity as the edge authenticated it, in ``x-datapunk-on-behalf-of``. That
+header is believed only when the token itself belongs to a trusted delegate (a service
+identity such as ``service:nexus``); anyone else sending it is refused, so nobody can
+claim to be somebody else by writing a header."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from datapunk_shared.auth.identity import Identity
+from datapunk_shared.errors import Unauthenticated
+
+__all__ = [
+    "AUTHORIZATION_KEY",
+    "ON_BEHALF_KEY",
+    "PUBLIC_SERVICES",
+    "CallerAuthenticator",
+    "TokenChecker",
+    "decode_on_behalf",
+    "encode_on_behalf",
+    "is_public_method",
+]
+
+AUTHORIZATION_KEY = "authorization"
+ON_BEHALF_KEY = "x-datapunk-on-behalf-of"
+_MAX_ON_BEHALF_BYTES = 4096
+
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+"""Services anyone may call: liveness and discovery say nothing about anyone's data."""
+
+
+def is_public_method(method: str) -> bool:
+    """Whether ``/package.Service/Method`` is served without credentials: health,
+    reflection and each package's ``StatusService`` (the engines' reachability)."""
+    service = method[1:].split("/", 1)[0]
+    return service in PUBLIC_SERVICES or (
+        service.startswith("datapunk.") and service.endswith(".StatusService")
+    )
+
+
+class TokenChecker(Protocol):
+    """What verifies a bearer token (``datapunk_shared.auth.tokens.TokenVerifier``)."""
+
+    async def verify(self, token: str) -> Identity: ...
+
+
+def encode_on_behalf(identity: Identity) -> str:
+    """The ``x-datapunk-on-behalf-of`` value for ``identity`` (compact JSON; ids only,
+    never a credential)."""
+    document: dict[str, Any] = {
+        "sub": identity.subject,
+        "tenant": identity.tenant,
+        "kind": identity.kind,
+        "roles": sorted(identity.roles),
+        "scopes": sorted(identity.scopes),
+        "iss": identity.issuer,
+        "cid": identity.credential_id,
+    }
+    if identity.attributes:
+        document["attrs"] = dict(identity.attributes)
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+def _strings(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return frozenset(value)
+
+
+def decode_on_behalf(value: str) -> Identity:
+    """The identity an ``x-datapunk-on-behalf-of`` value describes; Unauthenticated
+    (``INVALID_DELEGATION``) when it is not one."""
+    if len(value) > _MAX_ON_BEHALF_BYTES:
+        raise _invalid_delegation("the on-behalf-of identity is too large")
+    try:
+        document = json.loads(value)
+        if not isinstance(document, dict):
+            raise ValueError("not an object")
+        kind = document["kind"]
+        if kind not in ("client", "user", "api_key", "service"):
+            raise ValueError("unknown kind")
+        attributes = document.get("attrs", {})
+        if not isinstance(attributes, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+        ):
+            raise ValueError("attributes must map strings to strings")
+        fields = {name: document[name] for name in ("sub", "tenant", "iss", "cid")}
+        if not all(isinstance(v, str) for v in fields.values()) or not fields["sub"]:
+            raise ValueError("sub, tenant, iss and cid must be strings")
+        return Identity(
+            subject=fields["sub"],
+            tenant=fields["tenant"],
+            kind=kind,
+            roles=_strings(document.get("roles", [])),
+            scopes=_strings(document.get("scopes", [])),
+            issuer=fields["iss"],
+            credential_id=fields["cid"],
+            attributes=MappingProxyType(dict(attributes)),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise _invalid_delegation("the on-behalf-of identity is malformed") from None
+
+
+def _invalid_delegation(message: str) -> Unauthenticated:
+    return Unauthenticated(message, reason="INVALID_DELEGATION")
+
+
+class CallerAuthenticator:
+    """Turns a call's metadata into its verified ``Identity``.
+
+    Verified tokens are remembered (bounded, at most ``cache_seconds`` and never past
+    their expiry), because a caller such as Nexus presents the same service token on
+    thousands of calls and an ES256 verification costs far more than a lookup."""
+
+    def __init__(
+        self,
+        verifier: TokenChecker,
+        *,
+        delegates: Iterable[str] = ("service:nexus",),
+        cache_size: int = 4096,
+        cache_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._verifier = verifier
+        self._delegates = frozenset(delegates)
+        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+
+    async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity:
+        token: str | None = None
+        on_behalf: str | None = None
+        for key, value in metadata:
+            if key == AUTHORIZATION_KEY and isinstance(value, str):
+                token = value
+            elif key == ON_BEHALF_KEY and isinstance(value, str):
+                on_behalf = value
+        if token is None:
+            raise Unauthenticated(
+                "this call needs credentials: an 'authorization: Bearer <token>' header",
+                reason="MISSING_CREDENTIALS",
+            )
+        scheme, _, credential = token.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise Unauthenticated(
+                "the authorization header must be 'Bearer <token>'", reason="MALFORMED_TOKEN"
+            )
+        caller = await self._verified(credential.strip())
+        if on_behalf is None:
+            return caller
+        if caller.kind != "service" or caller.subject not in self._delegates:
+            raise Unauthenticated(
+                "only a trusted Datapunk service may act on another caller's behalf",
+                reason="UNTRUSTED_DELEGATION",
+            )
+        return Identity(
+            subject=caller.subject,
+            tenant=caller.tenant,
+            kind=caller.kind,
+            roles=caller.roles,
+            scopes=caller.scopes,
+            issuer=caller.issuer,
+            credential_id=caller.credential_id,
+            expires_at=caller.expires_at,
+            attributes=caller.attributes,
+            on_behalf_of=decode_on_behalf(on_behalf),
+        )
+
+    async def _verified(self, token: str) -> Identity:
+        now = self._clock()
+        cached = self._cache.get(token)
+        if cached is not None:
+            identity, until = cached
+            if now < until:
+                return identity
+            del self._cache[token]
+        identity = await self._verifier.verify(token)
+        until = now + self._cache_seconds
+        if identity.expires_at is not None:
+            until = min(until, identity.expires_at)
+        self._cache[token] = (identity, until)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return identity
