@@ -316,7 +316,45 @@ class SigningSettings(_Strict):
 
 
 class OAuthSettings(_Strict):
-    """Nexus as an OAuth 2.0 authorization server for machine clients."""
+    """Nexus as an OAuth 2.0 authorization server for machine clients
+    (``datapunk_nexus.identity.oauth``)."""
+
+    enabled: bool = True
+    """Serve AuthService and the REST edge's ``/oauth/*`` and ``/.well-known/*`` routes."""
+    issuer: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$", max_length=512)] = (
+        "http://127.0.0.1:8080"
+    )
+    """The ``iss`` of every token, and the base URL of the endpoints in the metadata: the
+    URL clients reach the REST edge at (no query, no fragment, no trailing slash)."""
+    audience: Annotated[str, Field(min_length=1, max_length=256)] = "datapunk"
+    """The ``aud`` of an access token whose client asked for no other audience."""
+    access_token_ttl: Annotated[float, Field(ge=10, le=86400)] = 300.0
+    """How many seconds an access token is valid."""
+    refresh_token_ttl: Annotated[float, Field(ge=60, le=365 * 86400)] = 86400.0
+    """How many seconds a refresh token may wait to be used (each use makes a new one)."""
+    refresh_family_lifetime: Annotated[float, Field(ge=60, le=365 * 86400)] = 30 * 86400.0
+    """How many seconds a chain of refresh tokens may go on from its first grant; then the
+    client must authenticate again."""
+    revocation_poll_interval: Annotated[float, Field(gt=0, le=300)] = 5.0
+    """How often each instance reloads the revoked access tokens from PostgreSQL, in case a
+    notification was missed (they normally arrive at once through LISTEN/NOTIFY)."""
+    revocation_max_staleness: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """When the revocation list could not be reloaded for this long, tokens are refused
+    (UNAVAILABLE) rather than maybe believing a revoked one."""
+    secret_time_cost: Annotated[int, Field(ge=1, le=20)] = 2
+    """argon2id passes over memory for client secrets (OWASP's minimum: 2)."""
+    secret_memory_kib: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 19456
+    """argon2id memory per hash, in KiB (OWASP's minimum: 19 MiB)."""
+    secret_parallelism: Annotated[int, Field(ge=1, le=16)] = 1
+    """argon2id lanes."""
+
+    @model_validator(mode="after")
+    def _family_outlives_its_tokens(self) -> OAuthSettings:
+        if self.issuer.endswith("/"):
+            raise ValueError("issuer must not end with '/'")
+        if self.refresh_token_ttl > self.refresh_family_lifetime:
+            raise ValueError("refresh_token_ttl must not exceed refresh_family_lifetime")
+        return self
 
 
 class OidcSettings(_Strict):
