@@ -1,0 +1,1 @@
+"""Identity and access at Nexus (docs/identity.md)."""
