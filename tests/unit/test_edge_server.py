@@ -333,6 +333,10 @@ async def test_gate_sees_the_call_and_adds_its_headers(edge: RestEdge) -> None:
             seen.append(info)
             yield {"RateLimit-Remaining": "9"}
 
+        async def check_rate(self, info: CallInfo) -> Mapping[str, str]:
+            seen.append(info)
+            return {"RateLimit-Remaining": "9"}
+
     async with rest_edge(edge.backends.addresses, gate=Recorder()) as gated:
         status, headers, _ = await call(gated, "GET", "/v1/test/items/a")
     assert status == 200
@@ -373,6 +377,9 @@ class RefusingGate:
     async def admit(self, info: CallInfo) -> AsyncIterator[Mapping[str, str]]:
         raise self.error
         yield {}  # pragma: no cover
+
+    async def check_rate(self, info: CallInfo) -> Mapping[str, str]:
+        raise self.error
 
 
 @pytest.mark.parametrize(

@@ -372,6 +372,12 @@ class RecordingGate:
         finally:
             self.in_flight -= 1
 
+    async def check_rate(self, call: CallInfo) -> Mapping[str, str]:
+        self.seen.append(call)
+        if self.refusal is not None:
+            raise self.refusal
+        return {"RateLimit-Limit": "10", "RateLimit-Remaining": "9"}
+
 
 async def test_gate_headers_go_out_and_the_gate_is_held_for_the_whole_call(
     tmp_path: Path,

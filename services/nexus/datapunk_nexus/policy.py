@@ -54,6 +54,12 @@ class RequestGate(Protocol):
 
     def admit(self, call: CallInfo) -> AbstractAsyncContextManager[Mapping[str, str]]: ...
 
+    async def check_rate(self, call: CallInfo) -> Mapping[str, str]:
+        """The rate limits alone (no concurrency slot is taken), for a proxy that bounds
+        concurrency itself (Envoy asking ``ShouldRateLimit``): the headers to add, or
+        ``ResourceExhausted`` over a limit."""
+        ...
+
 
 class ResponseCache(Protocol):
     """Caches serialized responses of cacheable reads, per principal, method and request.
@@ -95,6 +101,9 @@ class OpenGate:
     @asynccontextmanager
     async def admit(self, call: CallInfo) -> AsyncIterator[Mapping[str, str]]:
         yield {}
+
+    async def check_rate(self, call: CallInfo) -> Mapping[str, str]:
+        return {}
 
 
 class NoCache:

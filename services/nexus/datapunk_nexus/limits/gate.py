@@ -78,6 +78,11 @@ class LimitsGate:
             self._allowed.inc()
             yield headers
 
+    async def check_rate(self, call: CallInfo) -> Mapping[str, str]:
+        headers = await self._check_rate(call)
+        self._allowed.inc()
+        return headers
+
     async def _check_rate(self, call: CallInfo) -> Mapping[str, str]:
         buckets = self._table.buckets(self._prefix, call)
         if not buckets:

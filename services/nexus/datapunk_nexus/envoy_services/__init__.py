@@ -1,0 +1,1 @@
+"""gRPC services Envoy calls on Nexus: external authorization and global rate limits."""
