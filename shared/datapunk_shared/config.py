@@ -156,9 +156,6 @@ class GrpcEntrySettings(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 50050
-    backends: dict[Literal["lake", "stream", "nexus"], str] = {}
-    """``host:port`` of an owner, overriding the configured ``[lake]``/``[stream]``/``[nexus]``
-    host and port (for example a sidecar in front of it)."""
     default_deadline: Seconds | None = 30.0
     """The deadline of a forwarded unary call whose client set none (streams get none)."""
     deadlines: dict[str, Seconds] = {}
@@ -364,6 +361,25 @@ class OidcSettings(_Strict):
 class ApiKeySettings(_Strict):
     """API keys: how they are hashed and how long they live."""
 
+    pepper_secret: Annotated[str, Field(min_length=1, max_length=200)] = "nexus/api-key-pepper"
+    """The name, in the secret provider, of the server secret (at least 32 bytes) that keys
+    the HMAC-SHA-256 of every key's secret, so that a copy of the database alone cannot
+    check a single guess. Changing it invalidates every key."""
+    max_lifetime_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    """The longest a key may live; a key created without an expiry gets this one. Unset:
+    a key lives until it expires or is revoked."""
+    cache_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    """How long an instance reuses a verified key without reading it again. A key revoked
+    through another instance keeps working here at most this long; the instance that
+    revokes or rotates a key forgets it at once. 0: every call reads PostgreSQL."""
+    cache_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """The most verified keys an instance remembers (least recently used go first)."""
+    last_used_interval: Seconds = 60.0
+    """A key's last-used time is written at most once per this many seconds."""
+    max_page_size: Annotated[int, Field(ge=1, le=10_000)] = 1_000
+    pool_timeout: Seconds = 2.0
+    """How long a call waits for a PostgreSQL connection before it fails with UNAVAILABLE."""
+
 
 class PolicySettings(_Strict):
     """Roles and permissions (pycasbin), default deny."""
@@ -393,6 +409,9 @@ class AuthSettings(_Strict):
 class NexusSettings(ServiceSettings):
     port: Port = 50053
     metrics_port: Port = 9153
+    backends: dict[Literal["lake", "stream", "nexus"], str] = {}
+    """``host:port`` where both entries send an owner's calls, overriding the configured
+    ``[lake]``/``[stream]``/``[nexus]`` host and port (for example a sidecar in front of it)."""
     grpc_entry: GrpcEntrySettings = GrpcEntrySettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     cache: CacheSettings = CacheSettings()
