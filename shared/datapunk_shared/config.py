@@ -54,6 +54,7 @@ __all__ = [
     "RateLimitSettings",
     "RedisSettings",
     "RestEdgeSettings",
+    "SecretName",
     "SecretsSettings",
     "ServiceSettings",
     "Settings",
@@ -303,13 +304,71 @@ class RestEdgeSettings(_Strict):
 # --- identity and access (docs/identity.md) ------------------------------------------
 
 
+SecretName = Annotated[
+    str,
+    Field(max_length=200, pattern=r"^[a-z][a-z0-9_-]*(/[a-z][a-z0-9_-]*)*$"),
+]
+"""The name of a secret in the secret provider (``nexus/signing-token-pin``)."""
+
+_PathPart = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+]
+
+
 class SecretsSettings(_Strict):
-    """Where secrets and signing keys come from (``datapunk_shared.secrets``)."""
+    """Where secrets come from (``datapunk_shared.secrets``): environment variables
+    ``DATAPUNK_SECRET_<NAME>`` (``env``), private files under ``directory`` (``file``),
+    or, in production, an HTTP secret store speaking the Vault/OpenBao KV v2 API
+    (``http``). Secrets themselves never appear in this configuration."""
+
+    provider: Literal["env", "file", "http"] = "env"
+    directory: Path = Path(".datapunk/secrets")
+    """``file``: the directory holding one file per secret, each of mode 0600 or 0400."""
+    url: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$", max_length=512)] = (
+        "http://127.0.0.1:8200"
+    )
+    """``http``: the secret store's address (``https://vault.internal:8200``)."""
+    mount: _PathPart = "secret"
+    """``http``: the mount path of the KV version 2 secrets engine."""
+    path_prefix: _PathPart | None = "datapunk"
+    """``http``: secret ``nexus/x`` is read from ``<mount>/data/<path_prefix>/nexus/x``."""
+    field: Annotated[str, Field(min_length=1, max_length=200)] = "value"
+    """``http``: the key inside a stored secret whose (string) value is the secret."""
+    namespace: Annotated[str, Field(max_length=200)] = ""
+    """``http``: the namespace (``X-Vault-Namespace``), if the store uses namespaces."""
+    token_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")] = "VAULT_TOKEN"
+    """``http``: the environment variable holding the store's access token."""
+    token_file: Path | None = None
+    """``http``: a file holding the access token (a Vault/OpenBao agent's token sink),
+    read again at every request so renewed tokens are picked up; wins over
+    ``token_env``."""
+    ca_file: Path | None = None
+    """``http``: the CA bundle that signed the store's TLS certificate (unset: the
+    system's trusted CAs)."""
+    timeout: Seconds = 5.0
+    """``http``: the longest one request to the store may take."""
 
 
 class SigningSettings(_Strict):
-    """Nexus's token signing keys: rotation by ``kid``, kept on a PKCS#11 token or, for
-    development, derived from a secret provider."""
+    """Nexus's token signing keys (``datapunk_nexus.identity.signing``): ES256 keys
+    generated on a PKCS#11 token that signs without ever letting them out, or, for
+    development, held in the process. Keys rotate by ``kid``; a replaced key stays
+    published for ``rotation_overlap`` seconds so tokens it signed keep verifying."""
+
+    backend: Literal["pkcs11", "software"] = "pkcs11"
+    pkcs11_module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    """The PKCS#11 library of the token (SoftHSM2's by default)."""
+    token_label: Annotated[str, Field(min_length=1, max_length=32)] = "datapunk"
+    """The label of the PKCS#11 token the keys are generated on."""
+    pin_secret: SecretName = "nexus/signing-token-pin"
+    """The secret holding the token's user PIN."""
+    software_key_secret: SecretName = "nexus/signing-key"
+    """``software``: the secret holding a P-256 private key in PEM; when it is not set, a
+    new key is generated at each start (and the previous one retires)."""
+    rotation_overlap: Annotated[float, Field(ge=60, le=90 * 86400)] = 86400.0
+    """Seconds a replaced key stays in the JWKS; keep it longer than any token lives."""
+    refresh_interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """How often an instance rereads which key is active (another instance may rotate)."""
 
 
 class OAuthSettings(_Strict):
