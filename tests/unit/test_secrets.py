@@ -25,9 +25,12 @@ async def test_env_provider_reads_the_prefixed_upper_case_variable(
 ) -> None:
     provider = EnvSecretProvider()
     assert isinstance(provider, SecretProvider)
-    monkeypatch.setenv("DATAPUNK_SECRET_SIGNING_TOKEN_PIN", VALUE.decode())
-    assert provider.variable("signing_token_pin") == "DATAPUNK_SECRET_SIGNING_TOKEN_PIN"
-    assert await provider.get("signing_token_pin") == VALUE
+    monkeypatch.setenv("DATAPUNK_SECRET_NEXUS__SIGNING_TOKEN_PIN", VALUE.decode())
+    variable = provider.variable("nexus/signing-token-pin")
+    assert variable == "DATAPUNK_SECRET_NEXUS__SIGNING_TOKEN_PIN"
+    assert await provider.get("nexus/signing-token-pin") == VALUE
+    monkeypatch.setenv("DATAPUNK_SECRET_PLAIN", VALUE.decode())
+    assert await provider.get("plain") == VALUE
 
 
 @pytest.mark.parametrize("value", [None, ""], ids=["unset", "empty"])
@@ -47,7 +50,22 @@ async def test_env_provider_missing_secret_names_the_secret_and_variable(
 
 
 @pytest.mark.parametrize(
-    "name", ["", "Upper", "1digit", "../etc/passwd", "a/b", "a-b", "a.b", "a" * 65, "sp ace"]
+    "name",
+    [
+        "",
+        "Upper",
+        "1digit",
+        "../etc/passwd",
+        "a/../b",
+        "a/.b",
+        "/abs",
+        "a//b",
+        "a/",
+        "a.b",
+        "a" * 201,
+        "sp ace",
+        "a\nb",
+    ],
 )
 async def test_invalid_names_are_refused_by_every_provider(tmp_path: Path, name: str) -> None:
     for provider in (EnvSecretProvider(), FileSecretProvider(tmp_path)):
@@ -59,8 +77,11 @@ async def test_invalid_names_are_refused_by_every_provider(tmp_path: Path, name:
 async def test_file_provider_reads_a_private_file_and_drops_one_newline(tmp_path: Path) -> None:
     _write(tmp_path / "pin", VALUE + b"\n")
     _write(tmp_path / "pem", b"line1\nline2\n\n", 0o400)
+    (tmp_path / "nexus").mkdir()
+    _write(tmp_path / "nexus" / "signing-token-pin", VALUE)
     provider = FileSecretProvider(tmp_path)
     assert await provider.get("pin") == VALUE
+    assert await provider.get("nexus/signing-token-pin") == VALUE
     assert await provider.get("pem") == b"line1\nline2\n"
     assert provider.path("pin") == tmp_path / "pin"
 

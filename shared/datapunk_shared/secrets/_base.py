@@ -8,11 +8,20 @@ from typing import Protocol, runtime_checkable
 
 from datapunk_shared.errors import InvalidArgument, NotFound
 
-__all__ = ["SECRET_NAME_PATTERN", "SecretProvider", "check_secret_name", "secret_not_found"]
+__all__ = [
+    "SECRET_NAME_MAX_LENGTH",
+    "SECRET_NAME_PATTERN",
+    "SecretProvider",
+    "check_secret_name",
+    "secret_not_found",
+]
 
-SECRET_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-"""Secret names are lower-case words joined by underscores (``signing_token_pin``), so
-one name maps safely onto an environment variable, a file name and a URL path."""
+SECRET_NAME_PATTERN = r"^[a-z][a-z0-9_-]*(/[a-z][a-z0-9_-]*)*$"
+"""Secret names are lower-case words, optionally grouped by ``/``
+(``nexus/signing-token-pin``): no dots, no empty or ``..`` parts, so one name maps
+safely onto an environment variable, a file path under one directory and a URL path."""
+
+SECRET_NAME_MAX_LENGTH = 200
 
 _NAME = re.compile(SECRET_NAME_PATTERN)
 
@@ -33,10 +42,10 @@ class SecretProvider(Protocol):
 
 def check_secret_name(name: str) -> str:
     """``name`` if it is a valid secret name, else InvalidArgument."""
-    if not _NAME.match(name):
+    if len(name) > SECRET_NAME_MAX_LENGTH or not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"{name[:80]!r} is not a secret name (lower-case letters, digits and "
-            "underscores, starting with a letter, at most 64 characters)",
+            f"{name[:80]!r} is not a secret name: lower-case letters, digits, '_' and '-', "
+            "in parts separated by '/' that start with a letter, at most 200 characters",
             reason="INVALID_SECRET_NAME",
         )
     return name

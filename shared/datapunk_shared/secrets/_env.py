@@ -1,5 +1,6 @@
-"""Secrets from environment variables (development): ``signing_token_pin`` is read from
-``DATAPUNK_SECRET_SIGNING_TOKEN_PIN``."""
+"""Secrets from environment variables (development): ``nexus/signing-token-pin`` is read
+from ``DATAPUNK_SECRET_NEXUS__SIGNING_TOKEN_PIN`` (``/`` becomes ``__``, ``-`` becomes
+``_``, letters are upper-cased)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class EnvSecretProvider:
 
     def variable(self, name: str) -> str:
         """The environment variable that holds secret ``name``."""
-        return self._prefix + check_secret_name(name).upper()
+        check_secret_name(name)
+        return self._prefix + name.replace("/", "__").replace("-", "_").upper()
 
     async def get(self, name: str) -> bytes:
         variable = self.variable(name)

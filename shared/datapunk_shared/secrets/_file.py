@@ -1,6 +1,7 @@
 """Secrets from files (development, and mounted secret volumes): secret ``name`` is the
-file ``<directory>/<name>``. A file that its group or other users could read or write
-is refused, so a secret never sits world-readable by mistake."""
+file ``<directory>/<name>`` (``nexus/signing-token-pin`` is in a subdirectory). A file
+that its group or other users could read or write is refused, so a secret never sits
+world-readable by mistake."""
 
 from __future__ import annotations
 
