@@ -441,7 +441,33 @@ class ApiKeySettings(_Strict):
 
 
 class PolicySettings(_Strict):
-    """Roles and permissions (pycasbin), default deny."""
+    """Roles and permissions (pycasbin), default deny. Each Nexus instance keeps every
+    tenant's policy it has used in memory and decides without reading PostgreSQL; it
+    checks PostgreSQL for changes made by other instances every ``reload_interval``."""
+
+    reload_interval: Seconds = 1.0
+    """How often the policy version of each tenant held in memory is compared with
+    PostgreSQL's, so that changes made through another instance apply here."""
+    max_staleness: Seconds = 30.0
+    """Decisions fail closed (UNAVAILABLE, reason POLICY_UNAVAILABLE) once the policy in
+    memory could not be confirmed current for this long (PostgreSQL unreachable)."""
+    max_tenants: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """Tenants whose policy is held in memory; the least recently used are dropped (and
+    read again when next needed)."""
+    decision_cache_size: Annotated[int, Field(ge=0, le=10_000_000)] = 10_000
+    """Decisions remembered per tenant until its policy changes (0: none)."""
+    unlabelled_classification: Literal["public", "internal", "confidential", "restricted"] = (
+        "restricted"
+    )
+    """The classification of a resource that has none, for permissions with classification
+    conditions. ``restricted`` (the default) fails closed: such a permission then reaches
+    only resources known to be classified low enough."""
+    platform_tenant: Annotated[str, Field(max_length=128)] = ""
+    """The tenant whose ``admin`` role also administers the platform (resources of type
+    ``platform``, such as the token signing keys); empty means no tenant does."""
+    pool_timeout: Seconds = 5.0
+    """How long a policy read or change waits for a PostgreSQL connection before it fails
+    with UNAVAILABLE."""
 
 
 class AuditSettings(_Strict):
