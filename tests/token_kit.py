@@ -66,12 +66,16 @@ def sign(
     key: Key | None,
     claims_: Mapping[str, Any] | None = None,
     header_: Mapping[str, Any] | None = None,
+    *,
+    sign_as: str | None = None,
 ) -> str:
-    """A compact JWS over any header, signed with ``key`` by the header's ``alg`` without
-    the library's checks (so a test can sign what a careful issuer never would)."""
+    """A compact JWS over any header, signed with ``key`` by ``sign_as`` (default: the
+    header's ``alg``) without the library's checks, so a test can sign what a careful
+    issuer never would."""
     head = dict(header_ if header_ is not None else header())
-    signing_input = f"{b64json(head)}.{b64json(dict(claims_ or claims()))}"
-    alg = head.get("alg", "ES256")
+    body = dict(claims_ if claims_ is not None else claims())
+    signing_input = f"{b64json(head)}.{b64json(body)}"
+    alg = sign_as or head.get("alg", "ES256")
     if key is None or alg == "none":
         return signing_input + "."
     signature = JWSRegistry.algorithms[alg].sign(signing_input.encode(), key)

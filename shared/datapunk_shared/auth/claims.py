@@ -58,9 +58,10 @@ def _name(value: object, claim: str) -> str:
     return value
 
 
-def _names(value: object, claim: str) -> frozenset[str]:
-    """A list of names, or one space-separated string of them (OAuth's ``scope``)."""
-    items = value.split() if isinstance(value, str) else value
+def _names(value: object, claim: str, *, spaced: bool = True) -> frozenset[str]:
+    """A list of names or, when ``spaced``, one space-separated string of them (OAuth's
+    ``scope``)."""
+    items = value.split() if spaced and isinstance(value, str) else value
     if not isinstance(items, list) or len(items) > MAX_LIST_ITEMS:
         raise _malformed(claim, f"is not a list of at most {MAX_LIST_ITEMS} names")
     return frozenset(_name(item, claim) for item in items)
@@ -108,7 +109,7 @@ def datapunk_claims(claims: Mapping[str, Any]) -> Identity:
         subject=subject,
         tenant=tenant,
         kind="client" if kind == "client" else "service",
-        roles=_names(claims.get(CLAIM_ROLES, []), CLAIM_ROLES),
+        roles=_names(claims.get(CLAIM_ROLES, []), CLAIM_ROLES, spaced=False),
         scopes=_scopes(claims),
         issuer=claims["iss"],
         credential_id=claims["jti"],
