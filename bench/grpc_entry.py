@@ -121,7 +121,7 @@ def _processes(workdir: Path) -> Iterator[Processes]:
             DATAPUNK_NEXUS__METRICS_PORT=str(free_port()),
             DATAPUNK_NEXUS__REST__PORT=str(free_port()),
             DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entry_port),
-            DATAPUNK_NEXUS__GRPC_ENTRY__BACKENDS=json.dumps({"lake": f"127.0.0.1:{lake_port}"}),
+            DATAPUNK_NEXUS__BACKENDS=json.dumps({"lake": f"127.0.0.1:{lake_port}"}),
         )
         for name, env in (("lake", lake_env), ("nexus", nexus_env)):
             started.append(

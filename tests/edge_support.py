@@ -15,7 +15,7 @@ from typing import Any
 import google.api
 import grpc
 import grpc_tools
-from datapunk_nexus.edge.backends import Backends
+from datapunk_nexus.backends import Backends
 from datapunk_nexus.edge.routes import RouteTable, load_routes
 from datapunk_nexus.edge.server import RestEdge
 from datapunk_nexus.edge.transcode import message_class

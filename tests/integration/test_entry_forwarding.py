@@ -61,7 +61,7 @@ def _entry_env(settings: Settings, backends: dict[str, str], port: int) -> dict[
     return {
         **_engines_env(settings),
         "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(port),
-        "DATAPUNK_NEXUS__GRPC_ENTRY__BACKENDS": json.dumps(backends),
+        "DATAPUNK_NEXUS__BACKENDS": json.dumps(backends),
     }
 
 

@@ -181,10 +181,9 @@ async def _running(
     settings = Settings(
         nexus=NexusSettings(
             grpc_entry=GrpcEntrySettings(
-                port=free_port(),
-                descriptor_set=_descriptor_set(tmp_path / "echo.binpb"),
-                backends={"lake": f"127.0.0.1:{backend_port}", "stream": closed, "nexus": closed},
-            )
+                port=free_port(), descriptor_set=_descriptor_set(tmp_path / "echo.binpb")
+            ),
+            backends={"lake": f"127.0.0.1:{backend_port}", "stream": closed, "nexus": closed},
         )
     )
     entry = GrpcEntry(settings, gate=gate, cache=cache)
@@ -259,7 +258,7 @@ async def test_metadata_and_request_id_reach_the_backend_and_come_back(
     got = env.seen.metadata[-1]
     assert got["x-tenant"] == "acme"
     assert got["trace-bin"] == b"\x00\xff"
-    assert got["user-agent"].startswith("datapunk-nexus-entry")  # the client's stays behind
+    assert got["user-agent"].startswith("datapunk-nexus")  # the client's stays behind
     made_up = got[REQUEST_ID_KEY]
     assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == made_up
 

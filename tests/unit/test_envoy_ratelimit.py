@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from datapunk_nexus.envoy_services.ratelimit import add_rate_limit_service
+from datapunk_nexus.envoy_services.ratelimit import RateLimitService
 from datapunk_nexus.limits import build_gate
 from datapunk_shared.config import RateLimitRule, RateLimitSettings
 from datapunk_shared.errors import InvalidArgument
@@ -32,7 +32,7 @@ async def stub() -> AsyncIterator[rls_pb2_grpc.RateLimitServiceStub]:
     server, port = create_server(
         "127.0.0.1:0", edges=DatapunkServerInterceptor("nexus", access_log="off")
     )
-    add_rate_limit_service(server, gate)
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(gate), server)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield rls_pb2_grpc.RateLimitServiceStub(channel)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datapunk.nexus.v1 import status_pb2, status_pb2_grpc
 from datapunk_shared.rpc.server import ServiceContext, ServiceSpec, open_postgres
 
+from datapunk_nexus.backends import Backends, backend_addresses
 from datapunk_nexus.cache.servicer import add_cache_service
 from datapunk_nexus.edge import start_rest_edge
 from datapunk_nexus.entry import add_grpc_entry
+from datapunk_nexus.envoy_services.ratelimit import add_rate_limit_service
 from datapunk_nexus.policy_factory import build_policies
 
 __all__ = ["SPEC"]
@@ -21,9 +23,16 @@ async def _setup(context: ServiceContext) -> None:
     gate, cache = await build_policies(
         settings, settings.engines.redis.url, cleanups=context.cleanups
     )
+    # One channel per backend for both entries; closed last (cleanups run in reverse),
+    # after both entries have stopped.
+    backends = Backends(
+        backend_addresses(settings), max_message_bytes=settings.nexus.max_message_bytes
+    )
+    context.cleanups.append(backends.close)
     add_cache_service(context, cache)
-    await add_grpc_entry(context, gate=gate, cache=cache)
-    await start_rest_edge(context, gate=gate, cache=cache)
+    add_rate_limit_service(context, gate)
+    await add_grpc_entry(context, gate=gate, cache=cache, backends=backends)
+    await start_rest_edge(context, gate=gate, cache=cache, backends=backends)
 
 
 SPEC = ServiceSpec(

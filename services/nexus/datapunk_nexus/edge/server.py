@@ -28,7 +28,7 @@ from datapunk_shared.logging import get_logger, request_id_var
 from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.server import PortInUse
 
-from datapunk_nexus.edge.backends import Backends
+from datapunk_nexus.backends import Backends
 from datapunk_nexus.edge.docs import DOCS_CSP, render_docs
 from datapunk_nexus.edge.http_server import JsonErrorServer
 from datapunk_nexus.edge.openapi import build_openapi
@@ -145,10 +145,12 @@ class RestEdge:
         *,
         gate: RequestGate | None = None,
         cache: ResponseCache | None = None,
+        owns_backends: bool = True,
     ) -> None:
         self.settings = settings
         self.table = table
         self.backends = backends
+        self._owns_backends = owns_backends
         self.gate: RequestGate = gate or OpenGate()
         self.cache: ResponseCache = cache or NoCache()
         self._by_method: dict[str, list[Route]] = {}
@@ -202,7 +204,8 @@ class RestEdge:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-        await self.backends.close()
+        if self._owns_backends:
+            await self.backends.close()
 
     # --- one request --------------------------------------------------------------------
 

@@ -3,7 +3,7 @@ service, of any call kind, to the service that owns it, through the same request
 and response cache as the REST edge.
 
 Modules: ``routes`` (owner and call kind of a method, from the descriptor set),
-``metadata`` (what crosses, request ids), ``deadlines``, ``backends`` (channels),
+``metadata`` (what crosses, request ids), ``deadlines``,
 ``failures`` (statuses the entry decides or passes through), ``forwarding`` (the
 catch-all handler), ``reflection``, ``server`` (the entry's server)."""
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datapunk_shared.rpc.server import ServiceContext
 
+from datapunk_nexus.backends import Backends
 from datapunk_nexus.entry.server import GrpcEntry
 from datapunk_nexus.policy import NoCache, OpenGate, RequestGate, ResponseCache
 
@@ -22,13 +23,16 @@ async def add_grpc_entry(
     *,
     gate: RequestGate | None = None,
     cache: ResponseCache | None = None,
+    backends: Backends | None = None,
 ) -> GrpcEntry | None:
     """Start the entry with the service (unless ``[nexus.grpc_entry] enabled = false``);
     it stops, gracefully, with the service. ``gate`` and ``cache`` default to the open
     gate and no cache."""
     if not context.settings.nexus.grpc_entry.enabled:
         return None
-    entry = GrpcEntry(context.settings, gate=gate or OpenGate(), cache=cache or NoCache())
+    entry = GrpcEntry(
+        context.settings, gate=gate or OpenGate(), cache=cache or NoCache(), backends=backends
+    )
     await entry.start()
 
     async def stop() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from datapunk_shared.errors import DatapunkError, Unimplemented
 
-from datapunk_nexus.entry.backends import Backends
+from datapunk_nexus.backends import Backends
 from datapunk_nexus.entry.deadlines import DeadlinePolicy
 from datapunk_nexus.entry.failures import abort_with_backend_status, abort_with_error
 from datapunk_nexus.entry.metadata import (

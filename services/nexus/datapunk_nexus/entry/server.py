@@ -9,7 +9,7 @@ from datapunk_shared.rpc.server import create_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from datapunk_nexus.entry.backends import Backends, backend_addresses
+from datapunk_nexus.backends import Backends, backend_addresses
 from datapunk_nexus.entry.deadlines import DeadlinePolicy
 from datapunk_nexus.entry.forwarding import ForwardingHandler
 from datapunk_nexus.entry.reflection import enable_reflection
@@ -30,10 +30,13 @@ class GrpcEntry:
         *,
         gate: RequestGate | None = None,
         cache: ResponseCache | None = None,
+        backends: Backends | None = None,
     ) -> None:
         own = settings.nexus.grpc_entry
         files = load_descriptor_set(own.descriptor_set or DEFAULT_DESCRIPTOR_SET)
-        self.backends = Backends(
+        # Nexus passes the channels the REST edge uses too; alone, the entry opens its own.
+        self._owns_backends = backends is None
+        self.backends = backends or Backends(
             backend_addresses(settings), max_message_bytes=own.max_message_bytes
         )
         self.routes = RouteTable(files, self.backends.owners)
@@ -65,4 +68,5 @@ class GrpcEntry:
         """NOT_SERVING first, then calls in flight get ``grace`` seconds to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.backends.close()
+        if self._owns_backends:
+            await self.backends.close()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from datapunk_shared.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from datapunk_shared.rpc.server import ServiceContext
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import duration_pb2
@@ -103,6 +104,7 @@ class RateLimitService:
         )
 
 
-def add_rate_limit_service(server: Any, gate: RequestGate) -> None:
-    """Serve ``ShouldRateLimit`` on ``server`` (the Nexus gRPC server)."""
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(gate), server)
+def add_rate_limit_service(context: ServiceContext, gate: RequestGate) -> None:
+    """Serve ``ShouldRateLimit`` on the Nexus gRPC server (with health and reflection)."""
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(gate), context.server)
+    context.service_names.append(rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name)
