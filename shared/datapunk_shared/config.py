@@ -163,9 +163,6 @@ class GrpcEntrySettings(_Strict):
     """Deadlines by full method (``/datapunk.lake.v1.VectorService/SearchPoints``) or by
     service (``datapunk.lake.v1.VectorService``), for calls whose client set none."""
     max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
-    descriptor_set: Path | None = None
-    """The contracts' descriptor set; unset means gen/descriptors/datapunk.binpb of the
-    source tree."""
 
 
 MethodGlob = Annotated[
@@ -255,9 +252,6 @@ class CacheSettings(_Strict):
     channel: Annotated[str, Field(min_length=1, max_length=128)] = "datapunk:cache:invalidate"
     key_prefix: Annotated[str, Field(min_length=1, max_length=64)] = "datapunk:cache:"
     redis_timeout: Seconds = 0.25
-    descriptor_set: Path | None = None
-    """The contracts' descriptor set (for resource tags); unset means
-    gen/descriptors/datapunk.binpb of the source tree."""
 
 
 class RestEdgeSettings(_Strict):
@@ -290,9 +284,6 @@ class RestEdgeSettings(_Strict):
     hsts_max_age: Annotated[int, Field(ge=0, le=2 * 365 * 86400)] = 31536000
     access_log: bool = True
     """One log line per request (method, path, status, duration, request id)."""
-    descriptor_set: Path | None = None
-    """The contracts' descriptor set; unset means gen/descriptors/datapunk.binpb of the
-    source tree (the file Envoy's transcoder reads)."""
 
     @model_validator(mode="after")
     def _credentials_need_exact_origins(self) -> RestEdgeSettings:
@@ -471,7 +462,41 @@ class PolicySettings(_Strict):
 
 
 class AuditSettings(_Strict):
-    """The tamper-evident audit trail in PostgreSQL."""
+    """The tamper-evident audit trail in PostgreSQL (``datapunk_nexus.identity.audit``).
+
+    Records are written in batches: while one batch commits, the records that arrive
+    wait and go together in the next transaction (group commit), so a busy edge pays one
+    commit for many calls. Every caller waits for its own record's commit."""
+
+    write_timeout: Seconds = 2.0
+    """The longest a record may take to be committed; past it the call is refused with
+    UNAVAILABLE (reason AUDIT_UNAVAILABLE): auditing fails closed."""
+    retry_interval: Annotated[float, Field(ge=0, le=60)] = 1.0
+    """After a batch could not be written, records are refused at once for this long
+    instead of each waiting ``write_timeout`` (0: always try)."""
+    max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
+    """The most records one transaction writes."""
+    linger: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """How long a batch smaller than ``max_batch`` waits for more records before it is
+    written, on top of the time the previous batch takes to commit (0: no extra wait)."""
+    max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
+    """Records waiting for a commit at most; more are refused at once with UNAVAILABLE."""
+    pool_max: Annotated[int, Field(ge=2, le=100)] = 4
+    """PostgreSQL connections of the audit trail's own pool (one writes, the others
+    search, export and verify), so other work in the Nexus never starves the writes."""
+    max_page_size: Annotated[int, Field(ge=1, le=10_000)] = 1_000
+    """The most records one SearchAuditEvents page returns."""
+    export_page_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    """Records ExportAuditEvents reads from PostgreSQL at a time."""
+    platform_admin_role: Annotated[str, Field(min_length=1, max_length=128)] = "platform-admin"
+    """The role that may read the platform trail (records of no tenant, such as failed
+    authentications)."""
+    chain_key_secret: Annotated[str, Field(pattern=r"^([a-z][a-z0-9_]{0,63})?$")] = ""
+    """The secret (by name, from the secret provider) that keys the chain's HMAC-SHA-256,
+    so that nobody without it can forge a consistent chain; empty: plain SHA-256, which
+    still shows any change but not a whole chain rewritten by someone with write access
+    to the database. Changing the key breaks verification of the records written
+    before."""
 
 
 class NexusAuthSettings(_Strict):
@@ -494,6 +519,10 @@ class AuthSettings(_Strict):
 class NexusSettings(ServiceSettings):
     port: Port = 50053
     metrics_port: Port = 9153
+    descriptor_set: Path | None = None
+    """The contracts' descriptor set, for both entries, the cache and the permissions;
+    unset means gen/descriptors/datapunk.binpb of the source tree (the file Envoy's
+    transcoder reads)."""
     backends: dict[Literal["lake", "stream", "nexus"], str] = {}
     """``host:port`` where both entries send an owner's calls, overriding the configured
     ``[lake]``/``[stream]``/``[nexus]`` host and port (for example a sidecar in front of it)."""

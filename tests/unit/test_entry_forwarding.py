@@ -180,9 +180,8 @@ async def _running(
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there: the Stream is "down"
     settings = Settings(
         nexus=NexusSettings(
-            grpc_entry=GrpcEntrySettings(
-                port=free_port(), descriptor_set=_descriptor_set(tmp_path / "echo.binpb")
-            ),
+            grpc_entry=GrpcEntrySettings(port=free_port()),
+            descriptor_set=_descriptor_set(tmp_path / "echo.binpb"),
             backends={"lake": f"127.0.0.1:{backend_port}", "stream": closed, "nexus": closed},
         )
     )

@@ -81,7 +81,9 @@ async def build_policies(
         if cache_settings.backend == "redis" and redis is not None:
             subscriber_client = _subscriber_client(redis, cache_settings.redis_timeout)
             cleanups.append(subscriber_client.aclose)
-        tiered, subscriber = build_cache(cache_settings, client, subscriber_client)
+        tiered, subscriber = build_cache(
+            cache_settings, client, subscriber_client, settings.nexus.descriptor_set
+        )
         if subscriber is not None:
             subscriber.start()
             cleanups.append(subscriber.stop)

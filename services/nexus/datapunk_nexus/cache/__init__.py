@@ -3,6 +3,8 @@ backed by Redis, per principal, method and request, invalidated by resource tags
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datapunk_shared.config import CacheSettings
 from redis.asyncio import Redis
 
@@ -21,12 +23,15 @@ __all__ = [
 
 
 def build_cache(
-    settings: CacheSettings, redis: Redis | None, subscriber_redis: Redis | None
+    settings: CacheSettings,
+    redis: Redis | None,
+    subscriber_redis: Redis | None,
+    descriptor_set: Path | None = None,
 ) -> tuple[TieredCache, InvalidationSubscriber | None]:
     """The cache for ``settings`` and, with the Redis backend, the (not yet started)
     subscriber that keeps its local LRU in step with the other instances.
     ``subscriber_redis`` must have no socket timeout: it waits for messages."""
-    tags = ResourceTags(settings.descriptor_set)
+    tags = ResourceTags(descriptor_set)
     lru = LocalLru(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
     shared = None
     if settings.backend == "redis":

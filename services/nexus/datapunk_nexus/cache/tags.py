@@ -29,7 +29,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from datapunk_nexus.contracts import default_descriptor_set
+from datapunk_nexus.contracts import default_descriptor_set, load_contracts
 
 __all__ = ["ResourceTags", "ancestors", "default_descriptor_set", "tag_matches"]
 
@@ -73,11 +73,8 @@ class ResourceTags:
     """Tags of calls, from the contracts' descriptor set."""
 
     def __init__(self, descriptor_set: Path | None = None) -> None:
-        path = descriptor_set or default_descriptor_set()
-        files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
-        pool = descriptor_pool.DescriptorPool()
-        for file in files.file:
-            pool.Add(file)
+        contracts = load_contracts(descriptor_set)
+        files, pool = contracts.files, contracts.pool
         self._routes: dict[str, _Route] = {}
         for file in files.file:
             for service in file.service:

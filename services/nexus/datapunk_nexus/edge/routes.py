@@ -17,7 +17,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from datapunk_nexus.contracts import default_descriptor_set
+from datapunk_nexus.contracts import default_descriptor_set, load_contracts
 from datapunk_nexus.edge.template import PathTemplate, TemplateError
 
 __all__ = [
@@ -141,11 +141,10 @@ def load_routes(descriptor_set: Path) -> RouteTable:
     """Every route of every ``datapunk.<owner>.v<N>`` service in ``descriptor_set``.
 
     Raises ``TemplateError`` for a malformed template or a body naming no field."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
-    pool = descriptor_pool.DescriptorPool()
+    contracts = load_contracts(descriptor_set)
+    files, pool = contracts.files, contracts.pool
     comments = Comments()
     for file in files.file:
-        pool.Add(file)
         _collect_comments(file, comments)
     routes: list[Route] = []
     for file in files.file:

@@ -31,7 +31,7 @@ async def start_rest_edge(
     settings = context.settings.nexus.rest
     if not settings.enabled:
         return None
-    table = load_routes(settings.descriptor_set or default_descriptor_set())
+    table = load_routes(context.settings.nexus.descriptor_set or default_descriptor_set())
     owns_backends = backends is None
     if backends is None:
         backends = Backends(

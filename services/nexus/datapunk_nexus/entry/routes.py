@@ -13,7 +13,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from datapunk_nexus.contracts import default_descriptor_set
+from datapunk_nexus.contracts import default_descriptor_set, load_contracts
 
 __all__ = [
     "DEFAULT_DESCRIPTOR_SET",
@@ -65,7 +65,7 @@ def owner_of(service: str) -> str | None:
 
 
 def load_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
-    return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    return load_contracts(path).files
 
 
 class RouteTable:

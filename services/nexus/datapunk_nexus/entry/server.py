@@ -33,7 +33,7 @@ class GrpcEntry:
         backends: Backends | None = None,
     ) -> None:
         own = settings.nexus.grpc_entry
-        files = load_descriptor_set(own.descriptor_set or DEFAULT_DESCRIPTOR_SET)
+        files = load_descriptor_set(settings.nexus.descriptor_set or DEFAULT_DESCRIPTOR_SET)
         # Nexus passes the channels the REST edge uses too; alone, the entry opens its own.
         self._owns_backends = backends is None
         self.backends = backends or Backends(
