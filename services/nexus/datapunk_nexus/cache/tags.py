@@ -129,6 +129,20 @@ class ResourceTags:
             message: Message = route.message.FromString(request)
         except DecodeError:
             return route.service
+        return self._tag_of(route, message)
+
+    def message_tag(self, method: str, request: Message) -> str:
+        """The tag of a call of ``method`` with the already decoded ``request`` (a message
+        of the method's input type, from any descriptor pool)."""
+        route = self._routes.get(method)
+        if route is None:
+            return _service_of_method(method)
+        if route.message is None:
+            return route.literal
+        return self._tag_of(route, request)
+
+    @staticmethod
+    def _tag_of(route: _Route, message: Message) -> str:
         value: object = message
         for name in route.field_path:
             value = getattr(value, name, "")
