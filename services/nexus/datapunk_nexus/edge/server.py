@@ -9,7 +9,7 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ from datapunk_nexus.policy import (
     rejection_headers,
 )
 
-__all__ = ["RestEdge"]
+__all__ = ["PlainHandler", "RestEdge"]
 
 log = get_logger("datapunk.nexus.edge")
 
@@ -69,6 +69,9 @@ _GRPC_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
+
+PlainHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+"""A handler of a plain HTTP route (``RestEdge.add_plain_routes``)."""
 
 
 class _MethodNotAllowed(DatapunkError):
@@ -170,8 +173,16 @@ class RestEdge:
         self.openapi = build_openapi(table)
         self._openapi_body = json.dumps(self.openapi, separators=(",", ":")).encode()
         self._docs_body = render_docs(self.openapi).encode()
+        self._plain: dict[str, dict[str, PlainHandler]] = {}
         self._runner: web.ServerRunner | None = None
         self.port = 0
+
+    def add_plain_routes(self, routes: Iterable[tuple[str, str, PlainHandler]]) -> None:
+        """Serve ``(HTTP method, exact path, handler)`` as plain HTTP, without transcoding
+        or the gate (the OAuth endpoints, which speak forms rather than the contracts).
+        They still get the edge's IP filter, CORS, security headers and request id."""
+        for method, path, handler in routes:
+            self._plain.setdefault(path, {})[method.upper()] = handler
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -310,11 +321,34 @@ class RestEdge:
             }
             return web.Response(body=self._docs_body, headers=headers)
 
+        plain = self._plain.get(raw_path)
+        if plain is not None:
+            return await self._plain_route(exchange, plain)
+
         route, values = self._match(request.method, raw_path)
         exchange.grpc_method = route.grpc_method
         if route.client_streaming or route.server_streaming:
             return await self._stream(exchange, route, values)
         return await self._unary(exchange, route, values)
+
+    async def _plain_route(
+        self, exchange: _Exchange, handlers: Mapping[str, PlainHandler]
+    ) -> web.StreamResponse:
+        method = exchange.request.method
+        handler = handlers.get(method)
+        if handler is None:
+            allow = ", ".join(sorted(handlers))
+            raise _Refused(
+                _MethodNotAllowed(
+                    f"{method} is not allowed on {exchange.request.path}", metadata={"allow": allow}
+                ),
+                405,
+                {"Allow": allow},
+            )
+        response = await handler(exchange.request)
+        for name, value in exchange.headers.items():
+            response.headers.setdefault(name, value)
+        return response
 
     def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
         for route in self._by_method.get(method, ()):
