@@ -39,6 +39,7 @@ __all__ = [
     "ConcurrencyRule",
     "EngineSettings",
     "GrpcEntrySettings",
+    "JwksCacheSettings",
     "KafkaSettings",
     "LakeSettings",
     "LogSettings",
@@ -46,6 +47,7 @@ __all__ = [
     "NexusAuthSettings",
     "NexusSettings",
     "OAuthSettings",
+    "OidcProviderSettings",
     "OidcSettings",
     "PolicySettings",
     "PostgresSettings",
@@ -404,8 +406,107 @@ class OAuthSettings(_Strict):
         return self
 
 
+IssuerUrl = Annotated[str, Field(pattern=r"^https?://[^\s?#]+$", max_length=512)]
+"""An issuer's URL: https (http only for a provider on this machine), no query or
+fragment."""
+SigningAlgorithm = Literal[
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "EdDSA",
+    "Ed25519",
+]
+"""The asymmetric JWS algorithms a verifier may accept; ``none`` and ``HS*`` never."""
+ClaimPath = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9_:/-]+(\.[A-Za-z0-9_:/-]+)*$", max_length=256)
+]
+"""A claim, or a dotted path into nested claims (``realm_access.roles``)."""
+PrincipalName = Annotated[str, Field(pattern=r"^[^\s\x00-\x1f\x7f]{1,128}$")]
+"""A tenant or role name: 1 to 128 characters, no spaces or control characters."""
+
+
+class JwksCacheSettings(_Strict):
+    """How the public keys of token issuers are cached (``datapunk_shared.auth.jwks``)."""
+
+    min_ttl: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    """Keys are kept at least this many seconds, whatever the issuer's Cache-Control says."""
+    max_ttl: Annotated[float, Field(gt=0, le=7 * 86400)] = 86400.0
+    """...and at most this many, so a rotation is noticed within that time at the latest."""
+    default_ttl: Annotated[float, Field(gt=0, le=7 * 86400)] = 600.0
+    """The lifetime of a key set served without ``Cache-Control: max-age``."""
+    max_stale: Annotated[float, Field(ge=0, le=7 * 86400)] = 3600.0
+    """While an issuer cannot be reached, its expired keys keep working this much longer."""
+    refetch_interval: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    """The least time between two key fetches for one issuer (a token with an unknown
+    ``kid``, an expiry, a failure): what a flood of forged tokens can cost the issuer."""
+    timeout: Seconds = 5.0
+    """The longest one request for a discovery document or key set may take."""
+    max_document_bytes: Annotated[int, Field(ge=1024, le=4 * 1024 * 1024)] = 256 * 1024
+
+    @model_validator(mode="after")
+    def _lifetimes_in_order(self) -> JwksCacheSettings:
+        if not self.min_ttl <= self.default_ttl <= self.max_ttl:
+            raise ValueError("need min_ttl <= default_ttl <= max_ttl")
+        return self
+
+
+class OidcProviderSettings(_Strict):
+    """One external OpenID Connect provider whose access tokens are trusted, and how its
+    claims become a Datapunk identity (``user:<issuer>|<sub>``)."""
+
+    issuer: IssuerUrl
+    """The provider's ``iss``, exactly as its tokens and discovery document say it."""
+    jwks_url: IssuerUrl | None = None
+    """Where its key set is; unset means discovery (``/.well-known/openid-configuration``,
+    then ``/.well-known/oauth-authorization-server``)."""
+    audiences: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1)
+    ]
+    """A token must name one of these in ``aud`` (the resource indicator or API identifier
+    the provider puts there for Datapunk)."""
+    algorithms: Annotated[list[SigningAlgorithm], Field(min_length=1)] = ["RS256", "ES256"]
+    token_types: Annotated[list[str], Field(min_length=1)] = ["at+jwt", "application/at+jwt"]
+    """Accepted ``typ`` headers (RFC 9068); ID tokens (``JWT``) are never access tokens."""
+    tenant: PrincipalName | None = None
+    """The tenant of every user of this provider; or set ``tenant_claim``."""
+    tenant_claim: ClaimPath | None = None
+    """The claim holding the user's tenant; or set ``tenant``."""
+    roles_claim: ClaimPath | None = None
+    """The claim holding the user's roles (a list or a space-separated string)."""
+    role_map: dict[str, PrincipalName] = {}
+    """Provider role to Datapunk role; when set, roles it does not name are dropped."""
+    attribute_claims: dict[PrincipalName, ClaimPath] = {}
+    """Identity attribute (for policy conditions, e.g. ``clearance``) to the claim it is
+    read from."""
+    leeway: Annotated[float, Field(ge=0, le=300)] | None = None
+    """Clock skew allowed for this provider's tokens; unset means ``auth.leeway``."""
+    max_token_bytes: Annotated[int, Field(ge=256, le=65536)] | None = None
+    """The longest token accepted from this provider; unset means ``auth.max_token_bytes``."""
+
+    @model_validator(mode="after")
+    def _one_tenant_source(self) -> OidcProviderSettings:
+        if (self.tenant is None) == (self.tenant_claim is None):
+            raise ValueError("set exactly one of tenant and tenant_claim")
+        return self
+
+
 class OidcSettings(_Strict):
     """External OpenID Connect providers whose access tokens the edges accept."""
+
+    providers: list[OidcProviderSettings] = []
+
+    @model_validator(mode="after")
+    def _issuers_unique(self) -> OidcSettings:
+        issuers = [provider.issuer for provider in self.providers]
+        if len(set(issuers)) != len(issuers):
+            raise ValueError("each provider issuer may be configured once")
+        return self
 
 
 class ApiKeySettings(_Strict):
@@ -514,6 +615,25 @@ class NexusAuthSettings(_Strict):
 class AuthSettings(_Strict):
     """How every service authenticates its callers (``datapunk_shared.auth``): which
     issuer's tokens it trusts and which audience it answers to."""
+
+    issuer: IssuerUrl = "http://127.0.0.1:8080"
+    """Nexus's issuer URL (the ``iss`` of the tokens it signs: ``nexus.auth.oauth.issuer``)."""
+    jwks_url: IssuerUrl | None = None
+    """Where Nexus's key set is (``<issuer>/.well-known/jwks.json``); unset means discovery
+    from the issuer's ``/.well-known/oauth-authorization-server``."""
+    algorithms: Annotated[list[SigningAlgorithm], Field(min_length=1)] = ["ES256"]
+    """The algorithms Nexus signs with."""
+    audience_prefix: Annotated[str, Field(pattern=r"^[a-z][a-z0-9.-]*:$")] = "datapunk:"
+    """A service answers to the audience ``<prefix><service>`` (``datapunk:lake``)."""
+    leeway: Annotated[float, Field(ge=0, le=300)] = 30.0
+    """Seconds of clock skew allowed around ``exp``, ``nbf`` and ``iat``."""
+    max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
+    """Longer bearer tokens are refused before they are parsed."""
+    jwks: JwksCacheSettings = JwksCacheSettings()
+
+    def audience(self, service: str) -> str:
+        """The audience a service answers to: ``datapunk:<service>``."""
+        return f"{self.audience_prefix}{service}"
 
 
 class NexusSettings(ServiceSettings):
