@@ -1,0 +1,194 @@
+"""What ApiKeyService does, without grpc: create, read, list, revoke and rotate the keys of
+the caller's tenant. The tenant and the creator always come from the caller's verified
+``Identity``, never from request fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from datapunk_shared.auth.identity import Identity
+from datapunk_shared.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+)
+
+from datapunk_nexus.identity.api_keys.domain import ApiKey, ApiKeyPage, IssuedApiKey, KeyState
+from datapunk_nexus.identity.api_keys.hashing import SecretHasher
+from datapunk_nexus.identity.api_keys.key_format import format_api_key, new_key_id, new_secret
+from datapunk_nexus.identity.api_keys.store import PostgresApiKeyStore
+
+__all__ = ["MAX_GRACE_PERIOD", "ApiKeyManager", "utc_now"]
+
+MAX_GRACE_PERIOD = timedelta(days=7)
+_ID_ATTEMPTS = 5  # ids are ~62 random bits: a second attempt is already unheard of
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def _tenant_of(caller: Identity) -> str:
+    if not caller.tenant:
+        raise PermissionDenied(
+            "API keys belong to a tenant, and this caller has none", reason="NO_TENANT"
+        )
+    return caller.tenant
+
+
+def _distinct(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(values)))
+
+
+class ApiKeyManager:
+    """Creates and manages keys; tells ``on_secret_change`` the id of every key revoked or
+    rotated, so that this process's authenticator forgets it at once."""
+
+    def __init__(
+        self,
+        store: PostgresApiKeyStore,
+        hasher: SecretHasher,
+        *,
+        max_lifetime: timedelta | None = None,
+        on_secret_change: Callable[[str], None] = lambda key_id: None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._max_lifetime = max_lifetime
+        self._on_secret_change = on_secret_change
+        self._clock = clock
+
+    def now(self) -> datetime:
+        """The manager's current time (what key states are judged against)."""
+        return self._clock()
+
+    def _expiry(self, requested: datetime | None, now: datetime) -> datetime | None:
+        latest = now + self._max_lifetime if self._max_lifetime is not None else None
+        if requested is None:
+            return latest
+        if requested <= now:
+            raise InvalidArgument(
+                "expire_time must be in the future",
+                violations=[
+                    FieldViolation("expire_time", "must be in the future", "EXPIRE_TIME_PASSED")
+                ],
+                reason="EXPIRE_TIME_PASSED",
+            )
+        if latest is not None and requested > latest:
+            days = self._max_lifetime.days if self._max_lifetime else 0
+            raise InvalidArgument(
+                f"expire_time is beyond the longest key lifetime of {days} days",
+                violations=[
+                    FieldViolation(
+                        "expire_time",
+                        f"must be at most {days} days from now",
+                        "EXPIRE_TIME_TOO_LATE",
+                    )
+                ],
+                reason="EXPIRE_TIME_TOO_LATE",
+                metadata={"max_lifetime_days": str(days)},
+            )
+        return requested
+
+    async def create(
+        self,
+        caller: Identity,
+        *,
+        name: str,
+        roles: Iterable[str] = (),
+        scopes: Iterable[str] = (),
+        expire_time: datetime | None = None,
+    ) -> IssuedApiKey:
+        """A new key of the caller's tenant. It may carry only roles the caller holds, so
+        that nobody can mint a key more powerful than themselves."""
+        tenant = _tenant_of(caller)
+        wanted_roles = _distinct(roles)
+        missing = sorted(set(wanted_roles) - caller.roles)
+        if missing:
+            raise PermissionDenied(
+                "an API key may only carry roles its creator holds; the caller lacks "
+                + ", ".join(missing),
+                reason="ROLE_NOT_HELD",
+                metadata={"roles": ",".join(missing)},
+            )
+        now = self._clock()
+        expiry = self._expiry(expire_time, now)
+        for attempt in range(_ID_ATTEMPTS):
+            key_id, secret = new_key_id(), new_secret()
+            key = ApiKey(
+                id=key_id,
+                tenant=tenant,
+                name=name,
+                roles=wanted_roles,
+                scopes=_distinct(scopes),
+                created_by=caller.subject,
+                create_time=now,
+                expire_time=expiry,
+            )
+            try:
+                await self._store.insert(key, self._hasher.digest(key_id, secret))
+            except AlreadyExists:
+                if attempt + 1 == _ID_ATTEMPTS:
+                    raise
+                continue
+            return IssuedApiKey(key, format_api_key(key_id, secret))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, caller: Identity, key_id: str) -> ApiKey:
+        return await self._store.get(_tenant_of(caller), key_id)
+
+    async def list(
+        self,
+        caller: Identity,
+        *,
+        state: KeyState | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> ApiKeyPage:
+        return await self._store.list(
+            _tenant_of(caller),
+            state=state,
+            page_size=page_size,
+            page_token=page_token,
+            now=self._clock(),
+        )
+
+    async def revoke(self, caller: Identity, key_id: str) -> ApiKey:
+        key = await self._store.revoke(_tenant_of(caller), key_id, self._clock())
+        self._on_secret_change(key_id)
+        return key
+
+    async def rotate(
+        self, caller: Identity, key_id: str, *, grace_period: timedelta = timedelta(0)
+    ) -> IssuedApiKey:
+        """A new secret for the key; the replaced one works for ``grace_period`` more
+        (never past the key's own expiry)."""
+        if not timedelta(0) <= grace_period <= MAX_GRACE_PERIOD:
+            raise InvalidArgument(
+                "grace_period must be between 0 and 7 days",
+                violations=[
+                    FieldViolation(
+                        "grace_period", "must be between 0 and 7 days", "INVALID_GRACE_PERIOD"
+                    )
+                ],
+                reason="INVALID_GRACE_PERIOD",
+            )
+        tenant = _tenant_of(caller)
+        now = self._clock()
+        secret = new_secret()
+        previous_until = now + grace_period if grace_period > timedelta(0) else None
+        key = await self._store.rotate(
+            tenant,
+            key_id,
+            self._hasher.digest(key_id, secret),
+            now=now,
+            previous_until=previous_until,
+        )
+        if previous_until is not None and key.expire_time is not None:
+            previous_until = min(previous_until, key.expire_time)
+        self._on_secret_change(key_id)
+        return IssuedApiKey(key, format_api_key(key_id, secret), previous_until)
