@@ -4,13 +4,25 @@ permissions each call needs), from the one ``[nexus] descriptor_set`` setting.""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-__all__ = ["Contracts", "default_descriptor_set", "load_contracts"]
+__all__ = ["Contracts", "default_descriptor_set", "load_contracts", "owner_of_package"]
+
+_PACKAGE = re.compile(r"^datapunk\.(?P<owner>[a-z]+)\.v[0-9]+(?:(?:alpha|beta)[0-9]*)?$")
+"""``datapunk.<owner>.v<N>`` (or ``v<N>alpha<M>``/``v<N>beta<M>``): the package rule of
+both entries, and of envoy/generate.py, which keeps a copy."""
+
+
+def owner_of_package(package: str) -> str | None:
+    """The service that owns a contracts package (``datapunk.lake.v1`` → ``lake``), or
+    None for a package that is not a Datapunk service's."""
+    match = _PACKAGE.match(package)
+    return match["owner"] if match is not None else None
 
 
 def default_descriptor_set() -> Path:

@@ -7,7 +7,6 @@ served beside ``v1`` with no code change."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,7 +16,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from datapunk_nexus.contracts import default_descriptor_set, load_contracts
+from datapunk_nexus.contracts import default_descriptor_set, load_contracts, owner_of_package
 from datapunk_nexus.edge.template import PathTemplate, TemplateError
 
 __all__ = [
@@ -28,9 +27,6 @@ __all__ = [
     "load_routes",
     "route_table_of",
 ]
-
-PACKAGE = re.compile(r"^datapunk\.(?P<owner>[a-z]+)\.v[0-9]+$")
-"""The same package rule envoy/generate.py applies."""
 
 
 @dataclass(frozen=True)
@@ -148,8 +144,8 @@ def load_routes(descriptor_set: Path) -> RouteTable:
         _collect_comments(file, comments)
     routes: list[Route] = []
     for file in files.file:
-        match = PACKAGE.match(file.package)
-        if match is None:
+        owner = owner_of_package(file.package)
+        if owner is None:
             continue
         for service in file.service:
             for method in service.method:
@@ -171,7 +167,7 @@ def load_routes(descriptor_set: Path) -> RouteTable:
                             http_method=http_method,
                             template=template,
                             grpc_method=f"/{full}/{method.name}",
-                            owner=match["owner"],
+                            owner=owner,
                             package=file.package,
                             service=service.name,
                             method_name=method.name,

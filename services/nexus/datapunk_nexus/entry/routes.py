@@ -6,14 +6,13 @@ unary method gets the cheap unary forwarder and only real streams pay for stream
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from datapunk_nexus.contracts import default_descriptor_set, load_contracts
+from datapunk_nexus.contracts import default_descriptor_set, load_contracts, owner_of_package
 
 __all__ = [
     "DEFAULT_DESCRIPTOR_SET",
@@ -26,8 +25,6 @@ __all__ = [
 
 # The descriptor set sits beside the generated Python package: gen/descriptors/.
 DEFAULT_DESCRIPTOR_SET = default_descriptor_set()
-
-_PACKAGE = re.compile(r"^datapunk\.(?P<owner>[a-z]+)\.v[0-9]+(?:(?:alpha|beta)[0-9]*)?$")
 
 
 class CallKind(Enum):
@@ -59,9 +56,7 @@ class Route:
 
 def owner_of(service: str) -> str | None:
     """The owner of a full service name by its package, or None for a foreign service."""
-    package, _, _ = service.rpartition(".")
-    match = _PACKAGE.match(package)
-    return match["owner"] if match is not None else None
+    return owner_of_package(service.rpartition(".")[0])
 
 
 def load_descriptor_set(path: Path) -> descriptor_pb2.FileDescriptorSet:
