@@ -630,6 +630,12 @@ class AuthSettings(_Strict):
     max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
     """Longer bearer tokens are refused before they are parsed."""
     jwks: JwksCacheSettings = JwksCacheSettings()
+    default_tenant: Annotated[
+        str, Field(max_length=32, pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+    ] = "default"
+    """The tenant of calls that carry no identity (authentication not configured, as in a
+    single-tenant development setup); a tenant id as ``datapunk_shared.auth.tenancy``
+    defines it. The tenant ``default`` keeps the Lake's objects under their plain names."""
 
     def audience(self, service: str) -> str:
         """The audience a service answers to: ``datapunk:<service>``."""
