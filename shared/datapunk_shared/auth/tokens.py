@@ -188,6 +188,12 @@ class TokenVerifier:
         self._clock = clock
         self._max_bytes = max(p.max_token_bytes for p in self._policies.values())
 
+    async def aclose(self) -> None:
+        """Release what the key source holds (HTTP connections of JWKS caches)."""
+        close = getattr(self._keys, "aclose", None)
+        if close is not None:
+            await close()
+
     @property
     def issuers(self) -> frozenset[str]:
         """The issuers whose tokens this verifier accepts."""
