@@ -10,7 +10,7 @@ from datapunk_shared.probes import Probe, run_probe
 
 from datapunk_stack.engines import all_engines
 from datapunk_stack.layout import Layout
-from datapunk_stack.services import ServiceProbe, all_services
+from datapunk_stack.services import HttpProbe, ServiceProbe, all_services
 
 __all__ = ["Row", "collect", "format_table"]
 
@@ -32,7 +32,9 @@ async def collect(settings: Settings, layout: Layout, *, engines_only: bool) -> 
     one timeout, not one per row."""
     engines = all_engines(settings, layout)
     services = all_services(settings)
-    service_probes = [s.probe() for s in services]
+    doors = [door for s in services for door in s.doors()]
+    service_probes: list[ServiceProbe | HttpProbe] = [s.probe() for s in services]
+    service_probes += [door.probe() for door in doors]
     probes: list[Probe] = [e.probe() for e in engines]
     if not engines_only:
         probes += service_probes
@@ -51,26 +53,27 @@ async def collect(settings: Settings, layout: Layout, *, engines_only: bool) -> 
     ]
     if engines_only:
         rows += [
-            Row(s.name, "service", s.address, True, None, "not started (--engines-only)")
-            for s in services
+            Row(name, "service", address, True, None, "not started (--engines-only)")
+            for name, address in [(s.name, s.address) for s in services]
+            + [(d.name, d.address) for d in doors]
         ]
     else:
         rows += [
             Row(
-                name=s.name,
+                name=p.name,
                 kind="service",
                 endpoint=r.endpoint,
                 ok=r.reachable,
                 round_trip=r.round_trip,
                 detail=_service_detail(p) if r.reachable else r.error,
             )
-            for s, p, r in zip(services, service_probes, s_results, strict=True)
+            for p, r in zip(service_probes, s_results, strict=True)
         ]
     return rows
 
 
-def _service_detail(probe: ServiceProbe) -> str:
-    return f"health: {probe.answer}"
+def _service_detail(probe: ServiceProbe | HttpProbe) -> str:
+    return f"health: {probe.answer}" if isinstance(probe, ServiceProbe) else probe.answer
 
 
 def format_table(rows: list[Row]) -> str:

@@ -159,7 +159,7 @@ def test_services_start_and_answer_health_against_unmanaged_engines(
     # A second stack that uses the first one's engines as existing servers
     # (managed = false) and runs the three services on free ports.
     stack_dir.ports.update(engines.ports)
-    service_ports = free_ports(6)
+    service_ports = free_ports(8)
     stack_dir.extra_env = {
         f"DATAPUNK_ENGINES__{name.upper()}__MANAGED": "false" for name in ENGINE_NAMES
     }
@@ -168,6 +168,8 @@ def test_services_start_and_answer_health_against_unmanaged_engines(
         stack_dir.extra_env[f"DATAPUNK_{service.upper()}__METRICS_PORT"] = str(
             service_ports[2 * i + 1]
         )
+    stack_dir.extra_env["DATAPUNK_NEXUS__GRPC_ENTRY__PORT"] = str(service_ports[6])
+    stack_dir.extra_env["DATAPUNK_NEXUS__REST__PORT"] = str(service_ports[7])
     done = stack_dir.cli("up", "--detach", timeout=400)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{stack_dir.logs()}"
     for port in service_ports:
@@ -177,6 +179,13 @@ def test_services_start_and_answer_health_against_unmanaged_engines(
     for service in ("lake", "stream", "nexus"):
         line = next(line for line in status.stdout.splitlines() if line.startswith(service))
         assert "health: SERVING" in line or "health: NOT_SERVING" in line, line
+    lines = status.stdout.splitlines()
+    entry = next(line for line in lines if line.startswith("nexus entry"))
+    assert f"127.0.0.1:{service_ports[6]}" in entry, entry
+    assert "health: SERVING" in entry, entry
+    rest = next(line for line in lines if line.startswith("nexus rest"))
+    assert f"http://127.0.0.1:{service_ports[7]}" in rest, rest
+    assert "HTTP 200" in rest, rest
     done = stack_dir.cli("down", timeout=400)
     assert done.returncode == 0
     assert not any(port_open(p) for p in service_ports)
