@@ -7,6 +7,15 @@ a GiST index on ``geom::geography`` (distances in metres: ``ST_DWithin`` and k-n
 ``<->``). Layer ids are checked against a strict pattern and always composed as quoted
 identifiers; every value is a bound parameter.
 
+Tenancy: each tenant's layer tables live in a schema of their own (``tenant_schema``, the
+one place that maps a tenant to its tables): ``lake_spatial`` for the default tenant (where
+layers were before tenancy), ``lake_spatial__<tenant>`` for the others. Layer ids, table
+names and the GiST index names (``<layer_id>_geom``, ``<layer_id>_geog``, in the table's
+schema) stay as they are, within PostgreSQL's 63-byte limit whatever the tenant (at most
+14 + 32 bytes of schema name). The catalog ``lake.spatial_layers`` is keyed by
+(tenant, layer_id) (migration 0003). A tenant's calls name only its own schema, so
+another tenant's layer is simply not there: NOT_FOUND, as for any missing layer.
+
 Writes: each batch is one transaction. A batch of points goes straight into the layer's
 table with binary COPY (geometries as EWKB, built in the Lake); when that meets an id that
 exists already, or the batch holds lines or polygons, the batch is copied into a temporary
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, LiteralString, NoReturn
 
 import psycopg
+from datapunk_shared.auth.tenancy import DEFAULT_TENANT, current_tenant, is_tenant_id
 from datapunk_shared.errors import (
     AlreadyExists,
     FieldViolation,
@@ -59,9 +69,16 @@ from datapunk_lake.spatial.geojson import (
 )
 from datapunk_lake.spatial.paging import decode_token, encode_token, fingerprint
 
-__all__ = ["FEATURE_SCHEMA", "PostgisSpatialStore", "PreparedBatch", "prepare_batch"]
+__all__ = [
+    "FEATURE_SCHEMA",
+    "PostgisSpatialStore",
+    "PreparedBatch",
+    "prepare_batch",
+    "tenant_schema",
+]
 
 FEATURE_SCHEMA = "lake_spatial"
+"""The schema of the default tenant's layer tables; other tenants' are named after it."""
 _JSONB_VERSION = b"\x01"  # binary COPY of jsonb: a version byte, then the JSON text
 _MAX_VIOLATIONS = 20
 _GEOJSON_DIGITS = 17  # enough decimal digits to give back every double as it was written
@@ -126,6 +143,22 @@ def _query_geometry(text: str, field: str) -> bytes:
         raise _violation_error([violation], field) from None
 
 
+def tenant_schema(tenant: str) -> str:
+    """The schema that holds ``tenant``'s layer tables (a well-formed tenant id, which
+    contains no ``_``, so no two tenants share a schema)."""
+    if tenant == DEFAULT_TENANT:
+        return FEATURE_SCHEMA
+    if not is_tenant_id(tenant):
+        raise ValueError(f"not a tenant id: {tenant!r}")
+    return f"{FEATURE_SCHEMA}__{tenant}"
+
+
+def _calling_tenant() -> tuple[str, str]:
+    """The calling tenant and the schema of its layer tables."""
+    tenant = current_tenant()
+    return tenant, tenant_schema(tenant)
+
+
 def _layer_name(layer_id: str) -> str:
     return f"layers/{layer_id}"
 
@@ -161,7 +194,8 @@ def _engine_errors(layer_id: str | None = None) -> Iterator[None]:
     when ``layer_id`` is given, the store's catalog (migrations not applied yet) otherwise."""
     try:
         yield
-    except pg_errors.UndefinedTable:
+    except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName):
+        # InvalidSchemaName: the tenant has no layer at all yet.
         if layer_id is not None:
             raise _layer_not_found(layer_id) from None
         raise engine_unavailable(
@@ -181,15 +215,18 @@ def _engine_errors(layer_id: str | None = None) -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _sql(template: LiteralString, layer_id: str, other: str = "") -> sql.Composed:
-    """``template`` with ``{t}`` (and ``{u}``) bound to layer tables, cached per layer."""
+def _sql(
+    template: LiteralString, layer_id: str, other: str = "", schema: str = FEATURE_SCHEMA
+) -> sql.Composed:
+    """``template`` with ``{t}`` (and ``{u}``) bound to the tables of layers ``layer_id``
+    (and ``other``) in ``schema``, cached per layer."""
     names: dict[str, Any] = {
-        "t": sql.Identifier(FEATURE_SCHEMA, layer_id),
+        "t": sql.Identifier(schema, layer_id),
         "geom_index": sql.Identifier(f"{layer_id}_geom"),
         "geog_index": sql.Identifier(f"{layer_id}_geog"),
     }
     if other:
-        names["u"] = sql.Identifier(FEATURE_SCHEMA, other)
+        names["u"] = sql.Identifier(schema, other)
     return sql.SQL(template).format(**names)
 
 
@@ -304,37 +341,57 @@ class PostgisSpatialStore:
     # -- layers ------------------------------------------------------------------------
 
     async def create_layer(self, layer_id: str, description: str) -> Layer:
+        tenant, schema = _calling_tenant()
         with _engine_errors():
+            await self._create_schema(schema)
             async with self._connection() as conn, conn.transaction():
                 cursor = await conn.execute(
-                    "INSERT INTO lake.spatial_layers (layer_id, description) VALUES (%s, %s)"
-                    " ON CONFLICT (layer_id) DO NOTHING RETURNING create_time",
-                    (layer_id, description),
+                    "INSERT INTO lake.spatial_layers (tenant, layer_id, description)"
+                    " VALUES (%s, %s, %s)"
+                    " ON CONFLICT (tenant, layer_id) DO NOTHING RETURNING create_time",
+                    (tenant, layer_id, description),
                 )
                 row = await cursor.fetchone()
                 if row is None:
                     raise _already_exists(layer_id)
                 try:
-                    await conn.execute(_sql(_CREATE_TABLE, layer_id))
+                    await conn.execute(_sql(_CREATE_TABLE, layer_id, schema=schema))
                 except pg_errors.DuplicateTable:
                     raise _already_exists(layer_id) from None
         return Layer(layer_id, description, row[0], 0)
 
+    async def _create_schema(self, schema: str) -> None:
+        """Create a tenant's schema when its first layer comes, in a transaction of its
+        own: two first layers of one tenant at once race for it, and the loser's
+        unique violation (the schema exists now) is no error."""
+        async with self._connection() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                    )
+            except (pg_errors.UniqueViolation, pg_errors.DuplicateSchema):
+                pass
+
     async def get_layer(self, layer_id: str) -> Layer:
+        tenant, schema = _calling_tenant()
         with _engine_errors():
             async with self._read_connection() as conn:
                 cursor = await conn.execute(
-                    "SELECT description, create_time FROM lake.spatial_layers WHERE layer_id = %s",
-                    (layer_id,),
+                    "SELECT description, create_time FROM lake.spatial_layers"
+                    " WHERE tenant = %s AND layer_id = %s",
+                    (tenant, layer_id),
                 )
                 row = await cursor.fetchone()
                 if row is None:
                     raise _layer_not_found(layer_id)
                 with _engine_errors(layer_id):
-                    count = await (await conn.execute(_sql(_COUNT, layer_id))).fetchone()
+                    statement = _sql(_COUNT, layer_id, schema=schema)
+                    count = await (await conn.execute(statement)).fetchone()
         return Layer(layer_id, row[0], row[1], int(count[0]) if count else 0)
 
     async def list_layers(self, page_size: int, page_token: str) -> Page[Layer]:
+        tenant, _ = _calling_tenant()
         size = self._page_size(page_size)
         query = fingerprint("layers")
         position = decode_token(page_token, query, (str,))
@@ -343,8 +400,8 @@ class PostgisSpatialStore:
             async with self._read_connection() as conn:
                 cursor = await conn.execute(
                     "SELECT layer_id, description, create_time FROM lake.spatial_layers"
-                    " WHERE layer_id > %s ORDER BY layer_id LIMIT %s",
-                    (after, size + 1),
+                    " WHERE tenant = %s AND layer_id > %s ORDER BY layer_id LIMIT %s",
+                    (tenant, after, size + 1),
                 )
                 rows = await cursor.fetchall()
         layers = [Layer(r[0], r[1], r[2]) for r in rows[:size]]
@@ -352,22 +409,25 @@ class PostgisSpatialStore:
         return Page(layers, token)
 
     async def delete_layer(self, layer_id: str) -> None:
+        tenant, schema = _calling_tenant()
         with _engine_errors():
             async with self._connection() as conn, conn.transaction():
                 cursor = await conn.execute(
-                    "DELETE FROM lake.spatial_layers WHERE layer_id = %s", (layer_id,)
+                    "DELETE FROM lake.spatial_layers WHERE tenant = %s AND layer_id = %s",
+                    (tenant, layer_id),
                 )
                 if cursor.rowcount == 0:
                     raise _layer_not_found(layer_id)
-                await conn.execute(_sql("DROP TABLE IF EXISTS {t}", layer_id))
+                await conn.execute(_sql("DROP TABLE IF EXISTS {t}", layer_id, schema=schema))
 
     # -- writes ------------------------------------------------------------------------
 
     async def upsert_features(self, layer_id: str, features: Sequence[FeatureInput]) -> int:
+        _, schema = _calling_tenant()
         batch = prepare_batch(features, self._max_properties_bytes)
         with _engine_errors(layer_id):
             async with self._connection() as conn:
-                return await _write_batch(conn, layer_id, batch, "features")
+                return await _write_batch(conn, layer_id, schema, batch, "features")
 
     async def load_features(
         self, layer_id: str, batches: AsyncIterator[Sequence[FeatureInput]]
@@ -375,6 +435,7 @@ class PostgisSpatialStore:
         """Batches are parsed one ahead of the batch being written (a queue of one), so
         the Lake's parsing overlaps PostgreSQL's writing, and a bad batch surfaces only
         after every batch before it was written and acknowledged."""
+        _, schema = _calling_tenant()
         queue: asyncio.Queue[PreparedBatch | BaseException | None] = asyncio.Queue(maxsize=1)
 
         async def produce() -> None:
@@ -405,7 +466,7 @@ class PostgisSpatialStore:
                         if isinstance(item, BaseException):
                             raise item
                         try:
-                            written = await _write_batch(conn, layer_id, item, "features")
+                            written = await _write_batch(conn, layer_id, schema, item, "features")
                         except InvalidArgument as exc:
                             exc.metadata["batch_index"] = str(index)
                             raise
@@ -418,26 +479,30 @@ class PostgisSpatialStore:
                 await producer
 
     async def delete_feature(self, layer_id: str, feature_id: str) -> None:
+        _, schema = _calling_tenant()
         with _engine_errors(layer_id):
             async with self._connection() as conn:
-                cursor = await conn.execute(_sql(_DELETE, layer_id), (feature_id,))
+                cursor = await conn.execute(_sql(_DELETE, layer_id, schema=schema), (feature_id,))
         if cursor.rowcount == 0:
             raise _feature_not_found(layer_id, feature_id)
 
     # -- reads -------------------------------------------------------------------------
 
     async def get_feature(self, layer_id: str, feature_id: str) -> Feature:
-        rows = await self._fetch(layer_id, _sql(_GET, layer_id), (feature_id,))
+        _, schema = _calling_tenant()
+        rows = await self._fetch(layer_id, _sql(_GET, layer_id, schema=schema), (feature_id,))
         if not rows:
             raise _feature_not_found(layer_id, feature_id)
         return Feature(*rows[0])
 
     async def list_features(self, layer_id: str, page_size: int, page_token: str) -> Page[Feature]:
+        _, schema = _calling_tenant()
         size = self._page_size(page_size)
         query = fingerprint("features", layer_id)
         position = decode_token(page_token, query, (str,))
         after = position[0] if position else ""
-        rows = await self._fetch(layer_id, _sql(_LIST, layer_id), (after, size + 1))
+        statement = _sql(_LIST, layer_id, schema=schema)
+        rows = await self._fetch(layer_id, statement, (after, size + 1))
         features = [Feature(*row) for row in rows[:size]]
         token = encode_token(query, [features[-1].id]) if len(rows) > size else ""
         return Page(features, token)
@@ -450,18 +515,20 @@ class PostgisSpatialStore:
         page_size: int,
         page_token: str,
     ) -> Page[FeatureDistance]:
+        _, schema = _calling_tenant()
         center = _query_geometry(geometry, "geometry")
         size = self._page_size(page_size)
         query = fingerprint("within", layer_id, center.hex(), distance_meters)
         position = decode_token(page_token, query, (float, str))
         after_d, after_id = position if position else (-1.0, "")
         params = {"c": center, "r": distance_meters, "d": after_d, "id": after_id, "n": size + 1}
-        rows = await self._fetch(layer_id, _sql(_WITHIN, layer_id), params)
+        rows = await self._fetch(layer_id, _sql(_WITHIN, layer_id, schema=schema), params)
         return _distance_page(rows, size, query, None)
 
     async def search_nearest(
         self, layer_id: str, geometry: str, limit: int, page_size: int, page_token: str
     ) -> Page[FeatureDistance]:
+        _, schema = _calling_tenant()
         center = _query_geometry(geometry, "geometry")
         query = fingerprint("nearest", layer_id, center.hex(), limit)
         position = decode_token(page_token, query, (float, str, int))
@@ -471,12 +538,13 @@ class PostgisSpatialStore:
             return Page([], "")
         after_d, after_id = (position[0], position[1]) if position else (-1.0, "")
         params = {"c": center, "k": limit, "d": after_d, "id": after_id, "n": size + 1}
-        rows = await self._fetch(layer_id, _sql(_NEAREST, layer_id), params)
+        rows = await self._fetch(layer_id, _sql(_NEAREST, layer_id, schema=schema), params)
         return _distance_page(rows, size, query, returned, more=returned + size < limit)
 
     async def search_intersecting(
         self, layer_id: str, area: Area, relation: Relation, page_size: int, page_token: str
     ) -> Page[Feature]:
+        _, schema = _calling_tenant()
         if isinstance(area, BoundingBox):
             shape: Geometry = bbox_geometry(area.west, area.south, area.east, area.north)
             ewkb = shape.ewkb
@@ -487,13 +555,15 @@ class PostgisSpatialStore:
         position = decode_token(page_token, query, (str,))
         after = position[0] if position else ""
         template = _INTERSECTS if relation is Relation.INTERSECTS else _WITHIN_AREA
-        rows = await self._fetch(layer_id, _sql(template, layer_id), (ewkb, after, size + 1))
+        statement = _sql(template, layer_id, schema=schema)
+        rows = await self._fetch(layer_id, statement, (ewkb, after, size + 1))
         features = [Feature(*row) for row in rows[:size]]
         token = encode_token(query, [features[-1].id]) if len(rows) > size else ""
         return Page(features, token)
 
     async def compute_distance(self, first: FeatureRef, second: FeatureRef) -> float:
-        statement = _sql(_DISTANCE, first.layer_id, second.layer_id)
+        _, schema = _calling_tenant()
+        statement = _sql(_DISTANCE, first.layer_id, second.layer_id, schema)
         try:
             rows = await self._fetch(
                 first.layer_id, statement, (first.feature_id, second.feature_id)
@@ -543,14 +613,20 @@ def _distance_page(
 
 
 async def _write_batch(
-    conn: psycopg.AsyncConnection[Any], layer_id: str, batch: PreparedBatch, prefix: str
+    conn: psycopg.AsyncConnection[Any],
+    layer_id: str,
+    schema: str,
+    batch: PreparedBatch,
+    prefix: str,
 ) -> int:
     """Write ``batch`` in one transaction; return the number of distinct ids written."""
     async with conn.transaction():
         if not batch.needs_validity_check:
             try:
                 async with conn.transaction():  # a savepoint: fall back to the merge below
-                    await _copy(conn, _sql(_COPY, layer_id), batch.rows, staged=False)
+                    await _copy(
+                        conn, _sql(_COPY, layer_id, schema=schema), batch.rows, staged=False
+                    )
                 return len(batch.rows)
             except pg_errors.UniqueViolation:
                 pass  # an id exists already or repeats in the batch: merge instead
@@ -574,7 +650,7 @@ async def _write_batch(
             invalid = await cursor.fetchall()
             if invalid:
                 _raise_invalid_geometries(invalid, prefix)
-        cursor = await conn.execute(_sql(_MERGE, layer_id))
+        cursor = await conn.execute(_sql(_MERGE, layer_id, schema=schema))
         return cursor.rowcount
 
 

@@ -14,9 +14,11 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+from datapunk_shared.auth.tenancy import split_physical_name
 
 __all__ = [
     "IDENTIFIER",
+    "MAX_TABLE_NAME",
     "MAX_TIMESTAMP_US",
     "MIN_TIMESTAMP_US",
     "AggregateFunction",
@@ -42,10 +44,28 @@ __all__ = [
     "TimeSeriesEngine",
     "Ttl",
     "TtlUnit",
+    "is_table_name",
 ]
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-"""Every series, tag, field and rule name: the contract's pattern, checked again here."""
+"""Every series, tag, field and rule name: the contract's pattern, checked again here
+(with ``fullmatch``: ``$`` alone would let a trailing newline through)."""
+
+MAX_TABLE_NAME = 127
+"""QuestDB's longest table name (``cairo.max.file.name.length``, 127 by default)."""
+
+
+def is_table_name(name: str) -> bool:
+    """Whether ``name`` is a QuestDB table or view name the Lake makes: a series (or
+    view) id, alone for the default tenant or behind another tenant's ``_<tenant>__``
+    (``datapunk_shared.auth.tenancy``)."""
+    parts = split_physical_name(name)
+    return (
+        parts is not None
+        and len(name) <= MAX_TABLE_NAME
+        and IDENTIFIER.fullmatch(parts[1]) is not None
+    )
+
 
 MIN_TIMESTAMP_US = 0
 """1970-01-01T00:00:00Z: the first timestamp a row may carry."""
@@ -315,14 +335,18 @@ class Statement:
 
 
 class TimeSeriesEngine(Protocol):
-    """What the store needs from an engine. Adapters raise datapunk_shared.errors."""
+    """What the store needs from an engine. Adapters raise datapunk_shared.errors.
+
+    The engine knows physical table names only (``is_table_name``): every name it takes
+    and every ``series_id`` it returns is one; the store maps tenants' names to them."""
 
     async def describe(self, series_id: str) -> SeriesInfo | None:
         """The series or downsampling view of that name, or None."""
         ...
 
-    async def list_series(self, after: str, limit: int) -> list[SeriesInfo]:
-        """Series (not views) with names after ``after``, in name order."""
+    async def list_series(self, after: str, before: str, limit: int) -> list[SeriesInfo]:
+        """Series (not views) with names strictly between ``after`` and ``before``, in
+        name order."""
         ...
 
     async def execute(self, statement: Statement) -> None:

@@ -50,6 +50,7 @@ from datapunk_lake.timeseries.domain import (
     Statement,
     Ttl,
     TtlUnit,
+    is_table_name,
 )
 from datapunk_lake.timeseries.frames import frame_of
 
@@ -195,7 +196,7 @@ class QuestDBEngine:
         return _batch_of(rows, description)
 
     async def describe(self, series_id: str) -> SeriesInfo | None:
-        if not IDENTIFIER.match(series_id):
+        if not is_table_name(series_id):
             return None
         rows, _ = await self._rows(
             Statement(
@@ -224,7 +225,7 @@ class QuestDBEngine:
         fields: list[FieldSpec] = []
         keys: list[str] = []
         for column, type_name, upsert in columns:
-            if column == designated or not IDENTIFIER.match(column):
+            if column == designated or not IDENTIFIER.fullmatch(column):
                 continue
             if type_name == "SYMBOL":
                 tags.append(column)
@@ -251,19 +252,19 @@ class QuestDBEngine:
         )
         return SeriesInfo(schema, int(count or 0), _stamp(low), _stamp(high))
 
-    async def list_series(self, after: str, limit: int) -> list[SeriesInfo]:
+    async def list_series(self, after: str, before: str, limit: int) -> list[SeriesInfo]:
         rows, _ = await self._rows(
             Statement(
                 "SELECT table_name, designatedTimestamp, partitionBy, ttlValue, ttlUnit, "
                 "table_type, table_row_count, table_min_timestamp::long, table_max_timestamp::long "
-                "FROM tables() WHERE table_type = 'T' AND table_name > %s "
+                "FROM tables() WHERE table_type = 'T' AND table_name > %s AND table_name < %s "
                 "ORDER BY table_name",
-                (after,),
+                (after, before),
             )
         )
         found: list[SeriesInfo] = []
         for row in rows:
-            if not IDENTIFIER.match(row[0]) or row[0] in _SYSTEM_TABLES:
+            if not is_table_name(row[0]) or row[0] in _SYSTEM_TABLES:
                 continue
             info = await self._info(row)
             if info is not None:

@@ -1,8 +1,10 @@
 """QuestDB SQL for the time-series store, built from checked names and bound values.
 
-Every identifier goes through :func:`ident`, which refuses anything but the contract's
-lower-case identifier pattern and double-quotes it; every value a client sends (tag
-values, filter values, time bounds, limits) becomes a ``%s`` parameter that psycopg binds.
+Every column name goes through :func:`ident`, which refuses anything but the contract's
+lower-case identifier pattern and double-quotes it, and every table or view name through
+:func:`table`, which also accepts the tenant prefix of a physical name; every value a
+client sends (tag values, filter values, time bounds, limits) becomes a ``%s`` parameter
+that psycopg binds.
 The only things written into the text are the Lake's own syntax and numbers the Lake
 produced from typed fields (the SAMPLE BY interval in whole seconds, a FILL constant
 formatted from a finite float, TTL counts), never client text."""
@@ -27,6 +29,7 @@ from datapunk_lake.timeseries.domain import (
     Statement,
     TagFilter,
     Ttl,
+    is_table_name,
 )
 
 __all__ = [
@@ -42,21 +45,30 @@ __all__ = [
     "literal_name",
     "range_page",
     "set_ttl",
+    "table",
 ]
 
 
 def ident(name: str) -> str:
     """``name`` double-quoted, after checking it is a plain lower-case identifier."""
-    if not IDENTIFIER.match(name):
+    if not IDENTIFIER.fullmatch(name):
         raise ValueError(f"not an identifier: {name!r}")
     return f'"{name}"'
 
 
+def table(name: str) -> str:
+    """A table or view name double-quoted, after checking it is a physical name the Lake
+    makes (a series id, or one behind a tenant's prefix: ``domain.is_table_name``)."""
+    if not is_table_name(name):
+        raise ValueError(f"not an identifier of a table: {name!r}")
+    return f'"{name}"'
+
+
 def literal_name(name: str) -> str:
-    """``name`` as a single-quoted SQL string, for the catalog functions that take only a
-    constant (``table_columns('x')``); the same identifier check applies."""
-    if not IDENTIFIER.match(name):
-        raise ValueError(f"not an identifier: {name!r}")
+    """A table name as a single-quoted SQL string, for the catalog functions that take
+    only a constant (``table_columns('x')``); the same check as ``table`` applies."""
+    if not is_table_name(name):
+        raise ValueError(f"not an identifier of a table: {name!r}")
     return f"'{name}'"
 
 
@@ -81,7 +93,7 @@ def create_series(schema: SeriesSchema) -> Statement:
     columns += [f"{ident(tag)} SYMBOL" for tag in schema.tags]
     columns += [f"{ident(f.name)} {FieldType(f.type).value}" for f in schema.fields]
     text = (
-        f"CREATE TABLE {ident(schema.series_id)} ({', '.join(columns)}) "
+        f"CREATE TABLE {table(schema.series_id)} ({', '.join(columns)}) "
         f"TIMESTAMP({ident(schema.timestamp_column)}) "
         f"PARTITION BY {Partitioning(schema.partitioning).value}{_ttl(schema.ttl)} WAL"
     )
@@ -92,21 +104,21 @@ def create_series(schema: SeriesSchema) -> Statement:
 
 
 def drop_series(series_id: str) -> Statement:
-    return Statement(f"DROP TABLE {ident(series_id)}")
+    return Statement(f"DROP TABLE {table(series_id)}")
 
 
 def set_ttl(series_id: str, ttl: Ttl | None) -> Statement:
     if ttl is None or ttl.value == 0:
-        return Statement(f"ALTER TABLE {ident(series_id)} SET TTL 0 HOURS")
-    return Statement(f"ALTER TABLE {ident(series_id)} SET TTL {int(ttl.value)} {ttl.unit.value}")
+        return Statement(f"ALTER TABLE {table(series_id)} SET TTL 0 HOURS")
+    return Statement(f"ALTER TABLE {table(series_id)} SET TTL {int(ttl.value)} {ttl.unit.value}")
 
 
 def add_dedup(schema: SeriesSchema, keys: tuple[str, ...]) -> Statement:
-    table = ident(schema.series_id)
+    name = table(schema.series_id)
     if not keys:
-        return Statement(f"ALTER TABLE {table} DEDUP DISABLE")
+        return Statement(f"ALTER TABLE {name} DEDUP DISABLE")
     names = ", ".join(ident(k) for k in (schema.timestamp_column, *keys))
-    return Statement(f"ALTER TABLE {table} DEDUP ENABLE UPSERT KEYS({names})")
+    return Statement(f"ALTER TABLE {name} DEDUP ENABLE UPSERT KEYS({names})")
 
 
 def _where(
@@ -157,7 +169,7 @@ def range_page(
     ts = ident(schema.timestamp_column)
     select = ", ".join([ts, *(ident(c) for c in columns if c != schema.timestamp_column)])
     text = (
-        f"SELECT {select} FROM {ident(schema.series_id)}{_where_text(clauses)} "
+        f"SELECT {select} FROM {table(schema.series_id)}{_where_text(clauses)} "
         f"ORDER BY {ts} LIMIT %s, %s"
     )
     return Statement(text, (*params, int(skip), int(skip + limit)))
@@ -205,7 +217,7 @@ def sample_by(schema: SeriesSchema, query: AggregateQuery) -> Statement:
     )
     fill = _fill(query.fill, len(query.aggregations))
     text = (
-        f"SELECT {select} FROM {ident(schema.series_id)}{_where_text(clauses)} "
+        f"SELECT {select} FROM {table(schema.series_id)}{_where_text(clauses)} "
         f"SAMPLE BY {interval_text(query.interval_seconds)}{fill} ALIGN TO CALENDAR"
     )
     return Statement(text, tuple(params))
@@ -238,7 +250,7 @@ def latest(schema: SeriesSchema, query: LatestQuery, offset: int, limit: int) ->
     partition = ", ".join(ident(t) for t in query.partition_by)
     order = ", ".join([ts, *(ident(t) for t in query.partition_by if t in wanted)])
     text = (
-        f"SELECT * FROM (SELECT {select} FROM {ident(schema.series_id)}{_where_text(clauses)} "
+        f"SELECT * FROM (SELECT {select} FROM {table(schema.series_id)}{_where_text(clauses)} "
         f"LATEST ON {ts} PARTITION BY {partition}) ORDER BY {order} LIMIT %s, %s"
     )
     return Statement(text, (*params, int(offset), int(offset + limit)))
@@ -253,10 +265,10 @@ def create_view(
     hourly = ttl is not None and ttl.value and ttl.unit.value == "HOURS"
     partition = "HOUR" if hourly else "DAY"
     return Statement(
-        f"CREATE MATERIALIZED VIEW {ident(rule_view)} AS ({inner.text}) "
+        f"CREATE MATERIALIZED VIEW {table(rule_view)} AS ({inner.text}) "
         f"PARTITION BY {partition}{_ttl(ttl)}"
     )
 
 
 def drop_view(view_id: str) -> Statement:
-    return Statement(f"DROP MATERIALIZED VIEW {ident(view_id)}")
+    return Statement(f"DROP MATERIALIZED VIEW {table(view_id)}")

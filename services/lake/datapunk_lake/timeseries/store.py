@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from datapunk_shared.auth.tenancy import TenantNamespace, current_namespace
 from datapunk_shared.config import TimeSeriesStoreSettings
 from datapunk_shared.errors import (
     AlreadyExists,
@@ -25,6 +26,7 @@ from datapunk_shared.errors import (
 from datapunk_lake.timeseries import paging, sql
 from datapunk_lake.timeseries.domain import (
     IDENTIFIER,
+    MAX_TABLE_NAME,
     AggregateFunction,
     AggregateQuery,
     Aggregation,
@@ -39,6 +41,7 @@ from datapunk_lake.timeseries.domain import (
     RowBatch,
     SeriesInfo,
     SeriesSchema,
+    Statement,
     TagFilter,
     TimeSeriesEngine,
     Ttl,
@@ -78,7 +81,15 @@ def _series_not_found(series_id: str) -> NotFound:
 
 
 class TSStore:
-    """Series, writes, queries and downsampling rules over a TimeSeriesEngine."""
+    """Series, writes, queries and downsampling rules over a TimeSeriesEngine.
+
+    Every method takes and returns the calling tenant's logical names (series ids, view
+    ids); ``_resolve`` is the one place that maps them to QuestDB's physical table names
+    (``datapunk_shared.auth.tenancy``: ``<id>`` for the default tenant, ``_<tenant>__<id>``
+    for the others). A rule's view is the physical series name plus ``__<rule_id>``,
+    which is also the physical name of its logical view id, so views stay with their
+    series' tenant. Schemas, infos and rules given back carry logical names; engine
+    errors are rewritten into them."""
 
     def __init__(
         self,
@@ -91,6 +102,18 @@ class TSStore:
         self.settings = settings
         self._clock = clock
         self._cache: dict[str, tuple[float, SeriesInfo]] = {}
+        """Logical infos by physical table name, until the time given with each."""
+
+    # --- names -------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve(series_id: str, field: str = "series") -> tuple[TenantNamespace, str]:
+        """The calling tenant's namespace and the physical table name of ``series_id``."""
+        namespace = current_namespace()
+        table = namespace.physical(
+            series_id, pattern=IDENTIFIER, max_length=MAX_TABLE_NAME, field=field
+        )
+        return namespace, table
 
     # --- series ------------------------------------------------------------------------
 
@@ -98,32 +121,42 @@ class TSStore:
         return (await self.info(series_id, fresh=fresh)).schema
 
     async def info(self, series_id: str, *, fresh: bool = False) -> SeriesInfo:
+        namespace, table = self._resolve(series_id)
+        return await self._info(namespace, table, series_id, fresh=fresh)
+
+    async def _info(
+        self, namespace: TenantNamespace, table: str, series_id: str, *, fresh: bool
+    ) -> SeriesInfo:
         now = self._clock()
-        cached = self._cache.get(series_id)
+        cached = self._cache.get(table)
         if cached is not None and not fresh and cached[0] > now:
             return cached[1]
-        info = await self.engine.describe(series_id)
+        with namespace.logical_errors():
+            info = await self.engine.describe(table)
         if info is None:
-            self._cache.pop(series_id, None)
+            self._cache.pop(table, None)
             raise _series_not_found(series_id)
+        info = _named(info, series_id)
         if self.settings.schema_cache_seconds > 0:
-            self._cache[series_id] = (now + self.settings.schema_cache_seconds, info)
+            self._cache[table] = (now + self.settings.schema_cache_seconds, info)
         return info
 
     def forget(self, series_id: str) -> None:
-        self._cache.pop(series_id, None)
+        self._cache.pop(self._resolve(series_id)[1], None)
 
     async def create_series(self, schema: SeriesSchema) -> SeriesInfo:
         _check_schema(schema)
-        if await self.engine.describe(schema.series_id) is not None:
-            raise AlreadyExists(
-                f"series {schema.series_id!r} exists already",
-                reason="SERIES_ALREADY_EXISTS",
-                metadata={"series": schema.series_id},
-            )
-        await self.engine.execute(sql.create_series(schema))
-        self.forget(schema.series_id)
-        return await self.info(schema.series_id, fresh=True)
+        namespace, table = self._resolve(schema.series_id, "series_id")
+        with namespace.logical_errors():
+            if await self.engine.describe(table) is not None:
+                raise AlreadyExists(
+                    f"series {schema.series_id!r} exists already",
+                    reason="SERIES_ALREADY_EXISTS",
+                    metadata={"series": schema.series_id},
+                )
+            await self.engine.execute(sql.create_series(_stored(schema, table)))
+        self._cache.pop(table, None)
+        return await self._info(namespace, table, schema.series_id, fresh=True)
 
     async def get_series(self, series_id: str) -> SeriesInfo:
         info = await self.info(series_id, fresh=True)
@@ -132,14 +165,25 @@ class TSStore:
         return info
 
     async def list_series(self, page_size: int, page_token: str) -> tuple[list[SeriesInfo], str]:
+        """One page of the calling tenant's series, in name order."""
+        namespace = current_namespace()
         size = paging.page_size(page_size, 1000, default=100)
         position = paging.decode_token(page_token, "series", "")
         after = str(position["after"]) if position else ""
-        found = await self.engine.list_series(after, size + 1)
-        more = len(found) > size
-        found = found[:size]
-        token = paging.encode_token("series", "", after=found[-1].schema.series_id) if more else ""
-        return found, token
+        low, high = namespace.bounds()
+        with namespace.logical_errors():
+            found = await self.engine.list_series(
+                max(low, namespace.prefix + after), high, size + 1
+            )
+        mine = [
+            _named(info, name)
+            for info in found
+            if (name := namespace.logical(info.schema.series_id)) is not None
+        ]
+        more = len(mine) > size
+        mine = mine[:size]
+        token = paging.encode_token("series", "", after=mine[-1].schema.series_id) if more else ""
+        return mine, token
 
     async def update_series(
         self,
@@ -150,42 +194,48 @@ class TSStore:
     ) -> SeriesInfo:
         """Change the TTL (``ttl`` not False) and/or the dedup keys (``dedup_keys`` not None)."""
         schema = (await self.get_series(series_id)).schema
+        namespace, table = self._resolve(series_id)
         wanted = schema
-        if ttl is not False:
-            assert ttl is None or isinstance(ttl, Ttl)
-            _check_ttl(ttl, "series.ttl")
-            await self.engine.execute(sql.set_ttl(series_id, ttl))
-            wanted = dataclasses.replace(wanted, ttl=ttl if ttl and ttl.value else None)
-        if dedup_keys is not None:
-            _check_dedup(schema, dedup_keys)
-            await self.engine.execute(sql.add_dedup(schema, dedup_keys))
-            wanted = dataclasses.replace(wanted, dedup_keys=dedup_keys)
-        self.forget(series_id)
+        with namespace.logical_errors():
+            if ttl is not False:
+                assert ttl is None or isinstance(ttl, Ttl)
+                _check_ttl(ttl, "series.ttl")
+                await self.engine.execute(sql.set_ttl(table, ttl))
+                wanted = dataclasses.replace(wanted, ttl=ttl if ttl and ttl.value else None)
+            if dedup_keys is not None:
+                _check_dedup(schema, dedup_keys)
+                await self.engine.execute(sql.add_dedup(_stored(schema, table), dedup_keys))
+                wanted = dataclasses.replace(wanted, dedup_keys=dedup_keys)
+        self._cache.pop(table, None)
         # QuestDB applies ALTERs of WAL tables asynchronously: wait (briefly) until its
         # catalog shows the change, so the response reports what is now in force.
         deadline = self._clock() + 10.0
         while True:
-            info = await self.info(series_id, fresh=True)
+            info = await self._info(namespace, table, series_id, fresh=True)
             if _same_settings(info.schema, wanted) or self._clock() > deadline:
                 return info
             await asyncio.sleep(0.05)
 
     async def delete_series(self, series_id: str) -> None:
         await self.get_series(series_id)
-        for rule in await self.engine.list_rules(series_id):
-            await self.engine.execute(sql.drop_view(rule.view_id))
-            self.forget(rule.view_id)
-        await self.engine.execute(sql.drop_series(series_id))
-        self.forget(series_id)
+        namespace, table = self._resolve(series_id)
+        with namespace.logical_errors():
+            for rule in await self.engine.list_rules(table):
+                await self.engine.execute(sql.drop_view(rule.view_id))
+                self._cache.pop(rule.view_id, None)
+            await self.engine.execute(sql.drop_series(table))
+        self._cache.pop(table, None)
 
     # --- writes ------------------------------------------------------------------------
 
     async def write(self, series_id: str, batch: RowBatch, *, prefix: str = "rows") -> int:
-        schema = await self.schema(series_id)
+        namespace, table = self._resolve(series_id)
+        schema = (await self._info(namespace, table, series_id, fresh=False)).schema
         check_batch(schema, batch, max_rows=self.settings.max_rows_per_write, prefix=prefix)
         if batch.row_count == 0:
             return 0
-        await self.engine.write(schema, batch)
+        with namespace.logical_errors():
+            await self.engine.write(_stored(schema, table), batch)
         return batch.row_count
 
     async def write_stream(
@@ -219,8 +269,13 @@ class TSStore:
 
     # --- queries -----------------------------------------------------------------------
 
+    async def _fetch(self, namespace: TenantNamespace, statement: Statement) -> RowBatch:
+        with namespace.logical_errors():
+            return await self.engine.fetch(statement)
+
     async def read_range(self, query: RangeQuery, page_token: str) -> tuple[RowBatch, str]:
-        schema = await self.schema(query.series_id)
+        namespace, table = self._resolve(query.series_id)
+        schema = (await self._info(namespace, table, query.series_id, fresh=False)).schema
         _check_columns(schema, query.columns, "columns")
         _check_filters(schema, query.tag_filters, query.field_filters)
         size = paging.page_size(query.page_size, self.settings.max_page_size)
@@ -228,7 +283,8 @@ class TSStore:
         position = paging.decode_token(page_token, "range", identity)
         cursor = int(position["ts"]) if position else None
         skip = int(position["skip"]) if position else 0
-        batch = await self.engine.fetch(sql.range_page(schema, query, cursor, skip, size + 1))
+        statement = sql.range_page(_stored(schema, table), query, cursor, skip, size + 1)
+        batch = await self._fetch(namespace, statement)
         if batch.row_count <= size:
             return batch, ""
         batch = _head(batch, size)
@@ -240,17 +296,20 @@ class TSStore:
         return batch, paging.encode_token("range", identity, ts=last, skip=next_skip)
 
     async def aggregate(self, query: AggregateQuery, page_token: str) -> tuple[RowBatch, str]:
-        schema = await self.schema(query.series_id)
+        namespace, table = self._resolve(query.series_id)
+        schema = (await self._info(namespace, table, query.series_id, fresh=False)).schema
         _check_aggregate(schema, query)
         size = paging.page_size(query.page_size, self.settings.max_page_size)
         identity = paging.fingerprint(dataclasses.replace(query, page_size=0))
         position = paging.decode_token(page_token, "aggregate", identity)
         offset = int(position["offset"]) if position else 0
-        batch = await self.engine.fetch(sql.aggregate(schema, query, offset, size + 1))
+        statement = sql.aggregate(_stored(schema, table), query, offset, size + 1)
+        batch = await self._fetch(namespace, statement)
         return self._offset_page(batch, size, "aggregate", identity, offset)
 
     async def latest(self, query: LatestQuery, page_token: str) -> tuple[RowBatch, str]:
-        schema = await self.schema(query.series_id)
+        namespace, table = self._resolve(query.series_id)
+        schema = (await self._info(namespace, table, query.series_id, fresh=False)).schema
         _check_columns(schema, query.columns, "columns")
         _check_tags(schema, query.partition_by, "partition_by")
         _check_filters(schema, query.tag_filters, ())
@@ -258,7 +317,8 @@ class TSStore:
         identity = paging.fingerprint(dataclasses.replace(query, page_size=0))
         position = paging.decode_token(page_token, "latest", identity)
         offset = int(position["offset"]) if position else 0
-        batch = await self.engine.fetch(sql.latest(schema, query, offset, size + 1))
+        statement = sql.latest(_stored(schema, table), query, offset, size + 1)
+        batch = await self._fetch(namespace, statement)
         return self._offset_page(batch, size, "latest", identity, offset)
 
     @staticmethod
@@ -293,18 +353,30 @@ class TSStore:
                 f"the view name {rule.view_id!r} would be longer than 63 characters",
                 "NAME_TOO_LONG",
             )
-        if await self.engine.describe(rule.view_id) is not None:
-            raise AlreadyExists(
-                f"a series or view named {rule.view_id!r} exists already",
-                reason="DOWNSAMPLING_RULE_ALREADY_EXISTS",
-                metadata={"series": rule.series_id, "rule": rule.rule_id},
+        namespace, table = self._resolve(rule.series_id)
+        _, view = self._resolve(rule.view_id, "rule_id")
+        with namespace.logical_errors():
+            if await self.engine.describe(view) is not None:
+                raise AlreadyExists(
+                    f"a series or view named {rule.view_id!r} exists already",
+                    reason="DOWNSAMPLING_RULE_ALREADY_EXISTS",
+                    metadata={"series": rule.series_id, "rule": rule.rule_id},
+                )
+            await self.engine.execute(
+                sql.create_view(_stored(schema, table), view, query, rule.ttl)
             )
-        await self.engine.execute(sql.create_view(schema, rule.view_id, query, rule.ttl))
         return await self.get_rule(rule.series_id, rule.rule_id)
 
-    async def get_rule(self, series_id: str, rule_id: str) -> DownsamplingRule:
+    async def _rules(self, series_id: str) -> list[DownsamplingRule]:
+        """The rules of the calling tenant's series ``series_id`` (which must exist)."""
         await self.get_series(series_id)
-        for rule in await self.engine.list_rules(series_id):
+        namespace, table = self._resolve(series_id)
+        with namespace.logical_errors():
+            rules = await self.engine.list_rules(table)
+        return [dataclasses.replace(rule, series_id=series_id) for rule in rules]
+
+    async def get_rule(self, series_id: str, rule_id: str) -> DownsamplingRule:
+        for rule in await self._rules(series_id):
             if rule.rule_id == rule_id:
                 return rule
         raise NotFound(
@@ -316,11 +388,10 @@ class TSStore:
     async def list_rules(
         self, series_id: str, page_size: int, page_token: str
     ) -> tuple[list[DownsamplingRule], str]:
-        await self.get_series(series_id)
         size = paging.page_size(page_size, 1000, default=100)
         position = paging.decode_token(page_token, "rules", series_id)
         after = str(position["after"]) if position else ""
-        rules = [r for r in await self.engine.list_rules(series_id) if r.rule_id > after]
+        rules = [r for r in await self._rules(series_id) if r.rule_id > after]
         page = rules[:size]
         token = (
             paging.encode_token("rules", series_id, after=page[-1].rule_id)
@@ -331,8 +402,24 @@ class TSStore:
 
     async def delete_rule(self, series_id: str, rule_id: str) -> None:
         rule = await self.get_rule(series_id, rule_id)
-        await self.engine.execute(sql.drop_view(rule.view_id))
-        self.forget(rule.view_id)
+        namespace, view = self._resolve(rule.view_id, "name")
+        with namespace.logical_errors():
+            await self.engine.execute(sql.drop_view(view))
+        self._cache.pop(view, None)
+
+
+def _named(info: SeriesInfo, series_id: str) -> SeriesInfo:
+    """``info`` (as the engine describes a physical table) under its logical name."""
+    if info.schema.series_id == series_id:
+        return info
+    return dataclasses.replace(info, schema=dataclasses.replace(info.schema, series_id=series_id))
+
+
+def _stored(schema: SeriesSchema, table: str) -> SeriesSchema:
+    """``schema`` under its physical table name, for the SQL and the writes."""
+    if schema.series_id == table:
+        return schema
+    return dataclasses.replace(schema, series_id=table)
 
 
 def _same_settings(have: SeriesSchema, want: SeriesSchema) -> bool:
@@ -369,7 +456,7 @@ def _check_schema(schema: SeriesSchema) -> None:
             FieldViolation("series.fields", "a series needs at least one field", "FIELDS_REQUIRED")
         )
     for name, path in zip(names, paths, strict=True):
-        if not IDENTIFIER.match(name):
+        if not IDENTIFIER.fullmatch(name):
             violations.append(
                 FieldViolation(path, f"{name!r} is not an identifier", "INVALID_NAME")
             )

@@ -1,12 +1,20 @@
 """VectorStore: the vector store's rules on top of an engine. It checks every request
 against the collection's configuration (vector size, finite values, payload size and
-declared types, filters) and refuses a whole batch before the engine sees any of it."""
+declared types, filters) and refuses a whole batch before the engine sees any of it.
+
+Tenancy: the store takes and returns logical collection ids; the engine sees only
+physical names, ``datapunk_shared.auth.tenancy``'s ``<id>`` for the default tenant and
+``_<tenant>__<id>`` for the others (``_physical`` below is the one place that maps them).
+A collection's payload indexes live inside its engine collection, so they follow it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from datapunk_shared.auth.tenancy import TenantNamespace, current_namespace
 from datapunk_shared.errors import FieldViolation, InvalidArgument
 
 from datapunk_lake.vectors.domain import (
@@ -29,7 +37,24 @@ from datapunk_lake.vectors.validation import (
     normalize_payload,
 )
 
-__all__ = ["VectorStore"]
+__all__ = ["COLLECTION_ID", "MAX_PHYSICAL_NAME", "VectorStore"]
+
+COLLECTION_ID = re.compile(r"[a-z](?:[a-z0-9_-]{0,48}[a-z0-9])?")
+"""A collection id, as the contract's pattern has it."""
+
+MAX_PHYSICAL_NAME = 237
+"""The longest engine collection name: Qdrant allows 255 characters, and the embedded
+engine's trash directory (``.deleted-<name>-<8 hex>``) must stay within a file name's 255
+bytes."""
+
+
+def _physical(name: str, field: str = "name") -> tuple[TenantNamespace, str]:
+    """The calling tenant's namespace and the engine's name of its collection ``name``."""
+    namespace = current_namespace()
+    physical = namespace.physical(
+        name, pattern=COLLECTION_ID, max_length=MAX_PHYSICAL_NAME, field=field
+    )
+    return namespace, physical
 
 
 def _refuse(violations: list[FieldViolation], what: str) -> InvalidArgument:
@@ -58,74 +83,99 @@ class VectorStore:
     # ---- collections -----------------------------------------------------------------
 
     async def create_collection(self, config: CollectionConfig) -> CollectionConfig:
-        return await self.engine.create_collection(config)
+        namespace, physical = _physical(config.name, "collection_id")
+        with namespace.logical_errors():
+            created = await self.engine.create_collection(replace(config, name=physical))
+        return replace(created, name=config.name)
 
     async def get_collection(self, name: str) -> CollectionConfig:
-        return await self.engine.get_collection(name)
+        namespace, physical = _physical(name)
+        with namespace.logical_errors():
+            config = await self.engine.get_collection(physical)
+        return replace(config, name=name)
 
     async def list_collections(
         self, *, after: str, limit: int
     ) -> tuple[list[CollectionConfig], str]:
-        """One page of collections in name order after ``after``; and the last name when
-        more follow (else "")."""
-        every = sorted(await self.engine.list_collections(), key=lambda c: c.name)
-        page = [c for c in every if c.name > after][: limit + 1]
+        """One page of the calling tenant's collections in name order after ``after``;
+        and the last name when more follow (else "")."""
+        namespace = current_namespace()
+        with namespace.logical_errors():
+            everyone = await self.engine.list_collections()
+        mine = []
+        for config in everyone:
+            name = namespace.logical(config.name)
+            if name is not None and name > after:
+                mine.append(replace(config, name=name))
+        page = sorted(mine, key=lambda c: c.name)[: limit + 1]
         more = len(page) > limit
         page = page[:limit]
         return page, page[-1].name if more and page else ""
 
     async def delete_collection(self, name: str) -> None:
-        await self.engine.delete_collection(name)
+        namespace, physical = _physical(name)
+        with namespace.logical_errors():
+            await self.engine.delete_collection(physical)
 
     async def stats(self, name: str) -> CollectionStats:
-        return await self.engine.stats(name)
+        namespace, physical = _physical(name)
+        with namespace.logical_errors():
+            return await self.engine.stats(physical)
 
     async def optimize(self, name: str) -> CollectionStats:
-        return await self.engine.optimize(name)
+        namespace, physical = _physical(name)
+        with namespace.logical_errors():
+            return await self.engine.optimize(physical)
 
     # ---- points ----------------------------------------------------------------------
 
     async def upsert(self, name: str, points: Sequence[Point], *, path: str = "points") -> int:
-        config = await self.engine.get_collection(name)
-        violations: list[FieldViolation] = []
-        size = config.vector_size
-        seen: set[PointId] = set()
-        for index, point in enumerate(points):
-            check_vector(point.vector, size, f"{path}[{index}].vector", violations)
-            if point.id in seen:
-                violations.append(
-                    FieldViolation(
-                        f"{path}[{index}].id",
-                        f"id {point.id} appears twice in the batch",
-                        "DUPLICATE_POINT_ID",
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            config = await self.engine.get_collection(physical)
+            violations: list[FieldViolation] = []
+            size = config.vector_size
+            seen: set[PointId] = set()
+            for index, point in enumerate(points):
+                check_vector(point.vector, size, f"{path}[{index}].vector", violations)
+                if point.id in seen:
+                    violations.append(
+                        FieldViolation(
+                            f"{path}[{index}].id",
+                            f"id {point.id} appears twice in the batch",
+                            "DUPLICATE_POINT_ID",
+                        )
                     )
-                )
-            seen.add(point.id)
-            if point.payload:
-                normalize_payload(point.payload, config)
-                check_payload(
-                    point.payload,
-                    point.payload_bytes,
-                    config,
-                    self.max_payload_bytes,
-                    f"{path}[{index}].payload",
-                    violations,
-                )
-        if violations:
-            raise _refuse(violations, "the batch was refused, nothing was written")
-        await self.engine.upsert(name, points)
+                seen.add(point.id)
+                if point.payload:
+                    normalize_payload(point.payload, config)
+                    check_payload(
+                        point.payload,
+                        point.payload_bytes,
+                        config,
+                        self.max_payload_bytes,
+                        f"{path}[{index}].payload",
+                        violations,
+                    )
+            if violations:
+                raise _refuse(violations, "the batch was refused, nothing was written")
+            await self.engine.upsert(physical, points)
         return len(points)
 
     async def retrieve(
         self, name: str, ids: Sequence[PointId], *, with_payload: bool, with_vector: bool
     ) -> list[Record]:
-        return await self.engine.retrieve(
-            name, ids, with_payload=with_payload, with_vector=with_vector
-        )
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            return await self.engine.retrieve(
+                physical, ids, with_payload=with_payload, with_vector=with_vector
+            )
 
     async def delete(self, name: str, selector: Selector, *, path: str = "points") -> None:
-        await self._check_selector(name, selector, path)
-        await self.engine.delete(name, selector)
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            await self._check_selector(physical, selector, path)
+            await self.engine.delete(physical, selector)
 
     async def set_payload(
         self,
@@ -136,16 +186,20 @@ class VectorStore:
         *,
         path: str = "payload",
     ) -> None:
-        config = await self._check_selector(name, selector, "points")
-        violations: list[FieldViolation] = []
-        normalize_payload(payload, config)
-        check_payload(payload, payload_bytes, config, self.max_payload_bytes, path, violations)
-        if violations:
-            raise _refuse(violations, "the payload was refused, nothing was written")
-        await self.engine.set_payload(name, selector, payload)
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            config = await self._check_selector(physical, selector, "points")
+            violations: list[FieldViolation] = []
+            normalize_payload(payload, config)
+            check_payload(payload, payload_bytes, config, self.max_payload_bytes, path, violations)
+            if violations:
+                raise _refuse(violations, "the payload was refused, nothing was written")
+            await self.engine.set_payload(physical, selector, payload)
 
-    async def _check_selector(self, name: str, selector: Selector, path: str) -> CollectionConfig:
-        config = await self.engine.get_collection(name)
+    async def _check_selector(
+        self, physical: str, selector: Selector, path: str
+    ) -> CollectionConfig:
+        config = await self.engine.get_collection(physical)
         if selector.filter is not None:
             violations: list[FieldViolation] = []
             check_filter(selector.filter, config, f"{path}.filter", violations)
@@ -158,17 +212,19 @@ class VectorStore:
     async def search(
         self, name: str, queries: Sequence[VectorQuery], *, path: str = "query"
     ) -> list[list[ScoredPoint]]:
-        config = await self.engine.get_collection(name)
-        violations: list[FieldViolation] = []
-        many = len(queries) > 1 or path.endswith("queries")
-        for index, query in enumerate(queries):
-            here = f"{path}[{index}]" if many else path
-            check_vector(query.vector, config.vector_size, f"{here}.vector", violations)
-            if query.filter is not None:
-                check_filter(query.filter, config, f"{here}.filter", violations)
-        if violations:
-            raise _refuse(violations, "invalid search")
-        return await self.engine.search(name, queries)
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            config = await self.engine.get_collection(physical)
+            violations: list[FieldViolation] = []
+            many = len(queries) > 1 or path.endswith("queries")
+            for index, query in enumerate(queries):
+                here = f"{path}[{index}]" if many else path
+                check_vector(query.vector, config.vector_size, f"{here}.vector", violations)
+                if query.filter is not None:
+                    check_filter(query.filter, config, f"{here}.filter", violations)
+            if violations:
+                raise _refuse(violations, "invalid search")
+            return await self.engine.search(physical, queries)
 
     async def scroll(
         self,
@@ -180,22 +236,26 @@ class VectorStore:
         with_payload: bool,
         with_vector: bool,
     ) -> ScrollPage:
-        await self._check_filter(name, filter)
-        return await self.engine.scroll(
-            name,
-            filter=filter,
-            offset=offset,
-            limit=limit,
-            with_payload=with_payload,
-            with_vector=with_vector,
-        )
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            await self._check_filter(physical, filter)
+            return await self.engine.scroll(
+                physical,
+                filter=filter,
+                offset=offset,
+                limit=limit,
+                with_payload=with_payload,
+                with_vector=with_vector,
+            )
 
     async def count(self, name: str, filter: Filter | None) -> int:
-        await self._check_filter(name, filter)
-        return await self.engine.count(name, filter)
+        namespace, physical = _physical(name, "collection")
+        with namespace.logical_errors():
+            await self._check_filter(physical, filter)
+            return await self.engine.count(physical, filter)
 
-    async def _check_filter(self, name: str, filter: Filter | None) -> None:
-        config = await self.engine.get_collection(name)
+    async def _check_filter(self, physical: str, filter: Filter | None) -> None:
+        config = await self.engine.get_collection(physical)
         if filter is not None:
             violations: list[FieldViolation] = []
             check_filter(filter, config, "filter", violations)
