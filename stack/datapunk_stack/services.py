@@ -3,7 +3,9 @@ check that says one is up."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +69,8 @@ class Service:
             *((door.name, door.address) for door in self.doors()),
         ]
 
-    def child(self, layout: Layout) -> Child:
+    def child(self, layout: Layout, env: Mapping[str, str] | None = None) -> Child:
+        """The service's process; ``env`` is added to the supervisor's environment."""
         if not self.command.exists():
             raise StackError(
                 f"{self.name}: {self.command} does not exist; run scripts/python-env.sh "
@@ -75,7 +78,11 @@ class Service:
             )
         # cwd stays the supervisor's, so the service reads the same datapunk.toml.
         return Child(
-            name=self.name, argv=[str(self.command)], log=layout.log(self.name), cwd=Path.cwd()
+            name=self.name,
+            argv=[str(self.command)],
+            log=layout.log(self.name),
+            cwd=Path.cwd(),
+            env={**os.environ, **env} if env else None,
         )
 
     def probe(self) -> ServiceProbe:

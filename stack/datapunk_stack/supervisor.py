@@ -27,6 +27,7 @@ from datapunk_stack.layout import Layout, StackError
 from datapunk_stack.pidfile import Lock, State, write_state
 from datapunk_stack.process import Child, tail
 from datapunk_stack.services import all_services
+from datapunk_stack.signing_token import nexus_environment
 
 __all__ = ["Supervisor", "check_ports", "endpoints"]
 
@@ -155,6 +156,8 @@ class Supervisor:
         for engine in self.engines:
             if engine.managed:
                 engine.prepare()
+        # Nexus's secrets and signing token (first start: a new SoftHSM2 token).
+        nexus_env = nexus_environment(self.settings, self.layout) if self.services else {}
         # The engines do not depend on each other, so they start side by side (the
         # JVMs take most of the time) and are then waited for one by one.
         children = {e.name: self._spawn(e.name, e.child()) for e in self.engines if e.managed}
@@ -167,7 +170,13 @@ class Supervisor:
         # Services are all started before any gRPC call is made in this process: gRPC
         # starts threads, and forking (for PR_SET_PDEATHSIG) is safest without them.
         started = [
-            (service, self._spawn(service.name, service.child(self.layout)))
+            (
+                service,
+                self._spawn(
+                    service.name,
+                    service.child(self.layout, nexus_env if service.name == "nexus" else None),
+                ),
+            )
             for service in self.services
         ]
         for service, child in started:
