@@ -1,0 +1,103 @@
+"""Access tokens: JWTs (RFC 9068, ``typ: at+jwt``) signed by the key ring's active key,
+with the claim vocabulary of ``datapunk_shared.auth.claims`` (docs/identity.md, "Access
+token claims")."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datapunk_shared.auth.claims import CLAIM_CLIENT_ID, CLAIM_ROLES, CLAIM_SCOPE, CLAIM_TENANT
+
+from datapunk_nexus.identity.oauth.clients import OAuthClient
+from datapunk_nexus.identity.signing import Signer
+
+__all__ = ["ACCESS_TOKEN_TYPE", "AccessToken", "AccessTokenMinter", "b64url", "new_jti"]
+
+ACCESS_TOKEN_TYPE = "at+jwt"
+
+
+def new_jti() -> str:
+    """A token id: 128 random bits, base64url."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """An issued access token and what the server needs to remember about it."""
+
+    token: str
+    jti: str
+    issued_at: int
+    expires_at: int
+    scopes: tuple[str, ...]
+    audience: str
+
+    @property
+    def expires_in(self) -> int:
+        return self.expires_at - self.issued_at
+
+
+class AccessTokenMinter:
+    """Makes access tokens for clients, signed by whatever key ``signer()`` says is
+    active now (so a rotation on any instance is followed)."""
+
+    def __init__(
+        self,
+        signer: Callable[[], Signer],
+        *,
+        issuer: str,
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signer = signer
+        self._issuer = issuer
+        self._ttl = ttl
+        self._clock = clock
+
+    def mint(self, client: OAuthClient, scopes: Sequence[str], audience: str) -> AccessToken:
+        """A new access token for ``client`` with ``scopes`` for ``audience``."""
+        now = math.floor(self._clock())
+        expires = now + max(1, math.floor(self._ttl))
+        jti = new_jti()
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": client.subject,
+            "aud": audience,
+            "exp": expires,
+            "nbf": now,
+            "iat": now,
+            "jti": jti,
+            CLAIM_CLIENT_ID: client.client_id,
+            CLAIM_TENANT: client.tenant,
+            CLAIM_ROLES: sorted(client.roles),
+        }
+        if scopes:
+            claims[CLAIM_SCOPE] = " ".join(scopes)
+        signer = self._signer()
+        header = {"alg": signer.alg, "typ": ACCESS_TOKEN_TYPE, "kid": signer.kid}
+        signing_input = f"{_segment(header)}.{_segment(claims)}"
+        signature = signer.sign(signing_input.encode("ascii"))
+        return AccessToken(
+            token=f"{signing_input}.{b64url(signature)}",
+            jti=jti,
+            issued_at=now,
+            expires_at=expires,
+            scopes=tuple(scopes),
+            audience=audience,
+        )
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _segment(document: dict[str, Any]) -> str:
+    return b64url(json.dumps(document, separators=(",", ":"), sort_keys=True).encode())
