@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "edge": "bench.edge",
     "grpc_entry": "bench.grpc_entry",
     "limits": "bench.limits",
+    "api_keys": "bench.api_keys",
 }
 
 
