@@ -8,6 +8,8 @@
 #   protoc-gen-go-grpc  Go gRPC stubs, for the Go contract-test client
 # Idempotent and fast when already done: a tool is rebuilt only when its binary is missing
 # or was built from another module version (read back with `go version -m`).
+# Then installs the npm tools the tests start (tests/oidc/install.sh: oidc-provider, the
+# OpenID provider of the OIDC federation test), pinned by their package-lock.json.
 # Usage: scripts/install-tools.sh        prints the bin directory on stdout when done.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -46,4 +48,5 @@ for entry in "${TOOLS[@]}"; do
     exit 1
   fi
 done
+"$root/tests/oidc/install.sh"
 echo "$bin"
