@@ -3,7 +3,6 @@ secret. Every call names the tenant it acts in; a client of another tenant is no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -146,6 +145,8 @@ class ClientStore:
         if page_token:
             try:
                 after = decode_page_token(page_token)
+                if not after or encode_page_token(after) != page_token:
+                    raise ValueError("not a token this list made")
             except ValueError:
                 raise invalid_page_token(
                     "the page token was not issued by ListClients", "not a ListClients token"
@@ -210,8 +211,3 @@ class ClientStore:
                 " WHERE client_id = %s AND secret_hash = %s",
                 (new_hash, client_id, old_hash),
             )
-
-
-def scopes_text(scopes: Sequence[str]) -> str:
-    """Scopes as the space-separated ``scope`` of RFC 6749."""
-    return " ".join(scopes)

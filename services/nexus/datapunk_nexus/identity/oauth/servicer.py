@@ -232,7 +232,7 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
         if request.page_token:
             try:
                 start = int(decode_page_token(request.page_token))
-                if start < 0:
+                if start < 0 or encode_page_token(str(start)) != request.page_token:
                     raise ValueError("negative offset")
             except ValueError:
                 raise invalid_page_token(
