@@ -31,6 +31,7 @@ from datapunk_shared.errors import (
     Unauthenticated,
     Unavailable,
 )
+from prometheus_client import REGISTRY
 from psycopg_pool import AsyncConnectionPool
 
 from tests.support import free_port
@@ -184,6 +185,28 @@ async def test_a_key_may_only_carry_roles_its_creator_holds(keys: ApiKeys) -> No
     with pytest.raises(PermissionDenied) as no_tenant:
         await keys.manager.create(nobody, name="k")
     assert no_tenant.value.reason == "NO_TENANT"
+
+
+async def test_guessing_a_keys_secret_gets_nowhere_and_is_counted(
+    keys: ApiKeys, pool: AsyncConnectionPool
+) -> None:
+    issued = await keys.manager.create(admin(), name="target")
+    key_id = issued.api_key.id
+
+    def refusals() -> float:
+        value = REGISTRY.get_sample_value(
+            "datapunk_api_key_authentications_total", {"outcome": "INVALID_API_KEY"}
+        )
+        return value or 0.0
+
+    before = refusals()
+    for _ in range(200):  # well-formed guesses, checksums and all: each one a lookup
+        guess = format_api_key(key_id, new_secret())
+        assert (await refused(keys, guess)).reason == "INVALID_API_KEY"
+    assert refusals() - before == 200
+    await keys.authenticator.close()
+    assert await last_used(pool, key_id) is None  # a failed guess is not a use
+    await keys.authenticator.authenticate(issued.key)
 
 
 # -- tenant isolation --------------------------------------------------------------------

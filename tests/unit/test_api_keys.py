@@ -18,6 +18,7 @@ from datapunk_nexus.identity.api_keys.key_format import (
     ParsedApiKey,
     checksum,
     format_api_key,
+    key_id_of,
     new_key_id,
     new_secret,
     parse_api_key,
@@ -119,6 +120,13 @@ def test_near_misses_are_refused() -> None:
     for presented in near_misses:
         assert len(presented) != KEY_LENGTH or presented != key
         _refused(presented)
+
+
+def test_the_id_of_a_well_formed_key_is_known_without_verifying_it() -> None:
+    key_id, _, key = _fresh_key()
+    assert key_id_of(key) == key_id
+    assert key_id_of(key[:-1]) is None
+    assert key_id_of(None) is None
 
 
 def test_every_refusal_says_the_same_thing_and_nothing_about_the_key() -> None:
@@ -238,6 +246,7 @@ def _parses_or_is_refused(presented: object) -> ParsedApiKey | None:
 @given(st.one_of(st.text(), st.binary(), st.none(), st.integers(), st.floats()))
 def test_fuzz_arbitrary_input_is_only_ever_refused(presented: object) -> None:
     assert _parses_or_is_refused(presented) is None
+    assert key_id_of(presented) is None
 
 
 _KEY_SHAPED = st.from_regex(r"\Adpk_[0-9a-z]{12}_[0-9A-Za-z]{49}\Z")

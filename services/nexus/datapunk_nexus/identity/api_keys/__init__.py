@@ -32,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from datapunk_nexus.identity.api_keys.authenticator import API_KEY_ISSUER, ApiKeyAuthenticator
 from datapunk_nexus.identity.api_keys.domain import ApiKey, ApiKeyPage, IssuedApiKey, KeyState
 from datapunk_nexus.identity.api_keys.hashing import SecretHasher
-from datapunk_nexus.identity.api_keys.key_format import parse_api_key, public_prefix
+from datapunk_nexus.identity.api_keys.key_format import key_id_of, parse_api_key, public_prefix
 from datapunk_nexus.identity.api_keys.manager import ApiKeyManager, utc_now
 from datapunk_nexus.identity.api_keys.servicer import ApiKeyServicer, add_api_key_service
 from datapunk_nexus.identity.api_keys.store import PostgresApiKeyStore
@@ -51,6 +51,7 @@ __all__ = [
     "SecretHasher",
     "add_api_key_service",
     "build_api_keys",
+    "key_id_of",
     "parse_api_key",
     "public_prefix",
 ]

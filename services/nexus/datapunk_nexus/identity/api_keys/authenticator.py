@@ -37,6 +37,7 @@ from datapunk_nexus.identity.api_keys.domain import StoredKey
 from datapunk_nexus.identity.api_keys.hashing import SecretHasher
 from datapunk_nexus.identity.api_keys.key_format import invalid_api_key, parse_api_key
 from datapunk_nexus.identity.api_keys.manager import utc_now
+from datapunk_nexus.identity.api_keys.metrics import API_KEY_AUTHENTICATIONS
 from datapunk_nexus.identity.api_keys.store import PostgresApiKeyStore
 
 __all__ = ["API_KEY_ISSUER", "ApiKeyAuthenticator"]
@@ -46,6 +47,7 @@ API_KEY_ISSUER = "datapunk:api-key"
 
 log = get_logger("datapunk.nexus.api_keys")
 _DUMMY_HASH = bytes(32)
+_AUTHENTICATED = API_KEY_AUTHENTICATIONS.labels("ok")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,15 @@ class ApiKeyAuthenticator:
         """The identity of the key's holder. Unauthenticated with reason
         ``INVALID_API_KEY`` (malformed, unknown, wrong secret), ``API_KEY_REVOKED`` or
         ``API_KEY_EXPIRED``; Unavailable when PostgreSQL cannot be asked."""
+        try:
+            identity = await self._authenticate(presented)
+        except Unauthenticated as refusal:
+            API_KEY_AUTHENTICATIONS.labels(refusal.reason).inc()
+            raise
+        _AUTHENTICATED.inc()
+        return identity
+
+    async def _authenticate(self, presented: str) -> Identity:
         parsed = parse_api_key(presented)
         digest = self._hasher.digest(parsed.key_id, parsed.secret)
         now = self._clock()

@@ -29,6 +29,7 @@ __all__ = [
     "checksum",
     "format_api_key",
     "invalid_api_key",
+    "key_id_of",
     "new_key_id",
     "new_secret",
     "parse_api_key",
@@ -112,3 +113,13 @@ def parse_api_key(presented: object) -> ParsedApiKey:
     if checksum(presented[:-CHECKSUM_LENGTH]) != check:
         raise invalid_api_key()
     return ParsedApiKey(key_id, secret)
+
+
+def key_id_of(presented: object) -> str | None:
+    """The id a well-formed key names (checksum included), without verifying it; None
+    for anything else. For rate-limit buckets and audit records of refused attempts: the
+    id is public, the rest of the key is never to be recorded."""
+    try:
+        return parse_api_key(presented).key_id
+    except Unauthenticated:
+        return None
