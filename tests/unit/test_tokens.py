@@ -451,3 +451,11 @@ async def test_static_key_source_follows_a_replaced_key_set() -> None:
 async def test_ec_keys_on_another_curve_do_not_verify_es256() -> None:
     p384 = ECKey.generate_key("P-384", {"kid": KID})
     await refused(sign(KEY), "BAD_SIGNATURE", verifier(p384))
+
+
+@pytest.mark.parametrize(
+    "refresh_token",
+    ["dprt_Zk3vQ9x2mW8rT1yH5nB7cL0pJ4sD6fGa", "8xLr2Vq9TnW4bM7cK1pZ5sH3dF6gJ0aE"],
+)
+async def test_an_opaque_refresh_token_is_not_an_access_token(refresh_token: str) -> None:
+    await refused(refresh_token, "MALFORMED_TOKEN")
