@@ -512,7 +512,7 @@ class OidcSettings(_Strict):
 class ApiKeySettings(_Strict):
     """API keys: how they are hashed and how long they live."""
 
-    pepper_secret: Annotated[str, Field(min_length=1, max_length=200)] = "nexus/api-key-pepper"
+    pepper_secret: SecretName = "nexus/api-key-pepper"
     """The name, in the secret provider, of the server secret (at least 32 bytes) that keys
     the HMAC-SHA-256 of every key's secret, so that a copy of the database alone cannot
     check a single guess. Changing it invalidates every key."""

@@ -6,9 +6,11 @@ tenants."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,6 +19,7 @@ from datapunk_nexus.identity.api_keys import (
     ApiKeys,
     KeyState,
     build_api_keys,
+    load_api_keys,
     parse_api_key,
 )
 from datapunk_nexus.identity.api_keys.key_format import format_api_key, new_secret
@@ -24,6 +27,7 @@ from datapunk_shared.auth.identity import Identity
 from datapunk_shared.config import ApiKeySettings, Settings
 from datapunk_shared.db import apply_migrations, load_migrations
 from datapunk_shared.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -31,6 +35,7 @@ from datapunk_shared.errors import (
     Unauthenticated,
     Unavailable,
 )
+from datapunk_shared.secrets import FileSecretProvider
 from prometheus_client import REGISTRY
 from psycopg_pool import AsyncConnectionPool
 
@@ -505,6 +510,42 @@ async def test_last_used_time_is_written_at_most_once_a_minute(
     assert (await keys.manager.get(admin(issued.api_key.tenant), key_id)).last_used_time == (
         started + timedelta(seconds=61)
     )
+
+
+# -- the pepper -------------------------------------------------------------------------
+
+
+def _write_secret(directory: Path, name: str, value: bytes) -> None:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(value)
+    os.chmod(path, 0o600)
+
+
+async def test_the_pepper_comes_from_the_secret_provider(
+    pool: AsyncConnectionPool, clock: Clock, tmp_path: Path
+) -> None:
+    settings = ApiKeySettings(pepper_secret="test/api-key-pepper")
+    secrets = FileSecretProvider(tmp_path)
+    with pytest.raises(NotFound) as missing:
+        await load_api_keys(settings, pool, secrets, clock=clock)
+    assert missing.value.reason == "SECRET_NOT_FOUND"
+
+    _write_secret(tmp_path, "test/api-key-pepper", b"too short\n")
+    with pytest.raises(ConfigError):
+        await load_api_keys(settings, pool, secrets, clock=clock)
+
+    _write_secret(tmp_path, "test/api-key-pepper", os.urandom(32).hex().encode() + b"\n")
+    keys = await load_api_keys(settings, pool, secrets, clock=clock)
+    issued = await keys.manager.create(admin(), name="k")
+    await keys.authenticator.authenticate(issued.key)
+
+    # Under another pepper the very same row verifies nothing: a copy of the table
+    # without the pepper cannot check a key.
+    _write_secret(tmp_path, "test/api-key-pepper", os.urandom(32).hex().encode())
+    other = await load_api_keys(settings, pool, secrets, clock=clock)
+    assert (await refused(other, issued.key)).reason == "INVALID_API_KEY"
+    await keys.authenticator.close()
 
 
 # -- engine trouble ----------------------------------------------------------------------

@@ -14,10 +14,12 @@ with the numbers of ``bench/api_keys.py``).
 Wiring, in the Nexus's setup::
 
     pool = await open_postgres(context, "nexus")
-    pepper = ...  # bytes of the secret named settings.nexus.auth.api_keys.pepper_secret
-    api_keys = build_api_keys(settings.nexus.auth.api_keys, pool, pepper)
+    secrets = build_secret_provider(settings.secrets)  # datapunk_shared.secrets
+    api_keys = await load_api_keys(settings.nexus.auth.api_keys, pool, secrets)
     add_api_key_service(context, api_keys)
     # the edges: identity = await api_keys.authenticator.authenticate(x_api_key)
+
+(``build_api_keys`` takes the pepper's bytes directly.)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from datapunk_shared.config import ApiKeySettings
+from datapunk_shared.secrets import SecretProvider
 from psycopg_pool import AsyncConnectionPool
 
 from datapunk_nexus.identity.api_keys.authenticator import API_KEY_ISSUER, ApiKeyAuthenticator
@@ -52,6 +55,7 @@ __all__ = [
     "add_api_key_service",
     "build_api_keys",
     "key_id_of",
+    "load_api_keys",
     "parse_api_key",
     "public_prefix",
 ]
@@ -99,3 +103,18 @@ def build_api_keys(
         clock=clock,
     )
     return ApiKeys(store, manager, authenticator)
+
+
+async def load_api_keys(
+    settings: ApiKeySettings,
+    pool: AsyncConnectionPool,
+    secrets: SecretProvider,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+) -> ApiKeys:
+    """``build_api_keys`` with the pepper read from ``secrets`` (the secret named
+    ``settings.pepper_secret``). NotFound (``SECRET_NOT_FOUND``) when it is not set,
+    ConfigError when it is shorter than 32 bytes: the service refuses to start rather
+    than run with a guessable pepper."""
+    pepper = await secrets.get(settings.pepper_secret)
+    return build_api_keys(settings, pool, pepper, clock=clock)
