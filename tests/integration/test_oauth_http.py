@@ -109,8 +109,14 @@ def b64json(document: Mapping[str, Any]) -> str:
 
 def segments(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     header, payload, _ = token.split(".")
-    decode = lambda s: json.loads(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)))  # noqa: E731
-    return decode(header), decode(payload)
+    return _json_segment(header), _json_segment(payload)
+
+
+def _json_segment(segment: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    )
+    return document
 
 
 # --- metadata and keys ------------------------------------------------------------------

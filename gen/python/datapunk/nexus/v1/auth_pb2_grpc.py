@@ -237,7 +237,7 @@ class AuthServiceServicer:
     def DeleteSigningKey(self, request, context):
         """DeleteSigningKey removes a signing key from the JWKS; every token it signed is refused
         from then on (reason UNKNOWN_KEY). The active key cannot be deleted: rotate first
-        (FAILED_PRECONDITION, reason ACTIVE_SIGNING_KEY). It fails with NOT_FOUND (reason
+        (FAILED_PRECONDITION, reason SIGNING_KEY_ACTIVE). It fails with NOT_FOUND (reason
         SIGNING_KEY_NOT_FOUND) for an unknown key. For platform administrators.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

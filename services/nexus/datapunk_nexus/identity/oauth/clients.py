@@ -135,7 +135,7 @@ class ClientStore:
             raise _not_found(client_id)
         return _client(row)
 
-    async def list(
+    async def list_clients(
         self, tenant: str, page_size: int, page_token: str
     ) -> tuple[list[OAuthClient], str]:
         """One page of ``tenant``'s clients in client id order, and the next page's
@@ -163,9 +163,10 @@ class ClientStore:
         next_token = encode_page_token(clients[-1].client_id) if len(rows) > size else ""
         return clients, next_token
 
-    async def delete(self, tenant: str, client_id: str) -> None:
+    async def delete(self, tenant: str, client_id: str) -> list[tuple[str, float]]:
         """Delete a client with its refresh-token families, and revoke its unexpired
-        access tokens, in one transaction; NOT_FOUND when ``tenant`` has no such client."""
+        access tokens, in one transaction; returns those ``(jti, exp)``. NOT_FOUND when
+        ``tenant`` has no such client."""
         async with connection(self._pool) as conn, conn.transaction():
             cursor = await conn.execute(
                 "DELETE FROM nexus.oauth_clients WHERE client_id = %s AND tenant = %s",
@@ -174,7 +175,8 @@ class ClientStore:
             if cursor.rowcount == 0:
                 raise _not_found(client_id)
             cursor = await conn.execute(REVOKE_CLIENT_TOKENS, (client_id,))
-            await notify_revoked(conn, await cursor.fetchall())
+            revoked = await notify_revoked(conn, await cursor.fetchall())
+        return revoked
 
     async def set_secret(self, tenant: str, client_id: str, secret_hash: str) -> OAuthClient:
         """Replace a client's secret hash (rotation); NOT_FOUND for an unknown client."""

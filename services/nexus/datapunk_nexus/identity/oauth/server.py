@@ -168,8 +168,7 @@ class AuthorizationServer:
 
     async def delete_client(self, tenant: str, client_id: str) -> None:
         """Delete a client of ``tenant``; its tokens stop working."""
-        await self.clients.delete(tenant, client_id)
-        await self.revocations.reload()
+        self.revocations.add(await self.clients.delete(tenant, client_id))
         log.info("oauth client deleted", client_id=client_id, tenant=tenant)
 
     async def authenticate_client(self, client_id: str, secret: str) -> OAuthClient:

@@ -124,7 +124,7 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
     async def ListClients(
         self, request: auth_pb2.ListClientsRequest, context: Any
     ) -> auth_pb2.ListClientsResponse:
-        clients, next_token = await self._server.clients.list(
+        clients, next_token = await self._server.clients.list_clients(
             _caller_tenant(), request.page_size, request.page_token
         )
         return auth_pb2.ListClientsResponse(
