@@ -180,7 +180,7 @@ def _unavailable(name: str, what: str, *, status: int | None = None) -> Unavaila
         metadata["status"] = str(status)
     return Unavailable(
         f"the secret store {what} while reading secret {name!r}",
-        retry_after=1.0,
+        retry_after=0.25,
         reason="SECRET_STORE_UNAVAILABLE",
         metadata=metadata,
     )
