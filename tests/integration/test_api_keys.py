@@ -465,6 +465,27 @@ async def test_expiry_bounds(pool: AsyncConnectionPool, clock: Clock) -> None:
     assert unset.api_key.expire_time == clock.now + timedelta(days=30)
 
 
+async def test_a_key_made_by_an_expiring_key_expires_with_it(keys: ApiKeys, clock: Clock) -> None:
+    parent_end = clock.now + timedelta(hours=2)
+    parent = await keys.manager.create(
+        admin(), name="parent", roles=["reader"], expire_time=parent_end
+    )
+    as_parent = await keys.authenticator.authenticate(parent.key)
+
+    child = await keys.manager.create(as_parent, name="child", roles=["reader"])
+    assert child.api_key.expire_time == parent_end
+    sooner = clock.now + timedelta(hours=1)
+    assert (
+        await keys.manager.create(as_parent, name="c2", expire_time=sooner)
+    ).api_key.expire_time == sooner
+    with pytest.raises(InvalidArgument) as caught:
+        await keys.manager.create(
+            as_parent, name="c3", expire_time=parent_end + timedelta(seconds=1)
+        )
+    assert caught.value.reason == "EXPIRE_TIME_TOO_LATE"
+    assert child.api_key.created_by == f"key:{parent.api_key.id}"
+
+
 # -- last-used time ----------------------------------------------------------------------
 
 

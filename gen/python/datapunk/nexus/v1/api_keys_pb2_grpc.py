@@ -98,8 +98,10 @@ class ApiKeyServiceServicer:
         """CreateApiKey creates a key in the caller's tenant and returns it with its secret. The
         secret is shown this once; store it safely. The key may only carry roles the caller
         holds itself: asking for another role fails with PERMISSION_DENIED (reason
-        ROLE_NOT_HELD). An expiry beyond the longest lifetime Nexus allows fails with
-        INVALID_ARGUMENT (reason EXPIRE_TIME_TOO_LATE).
+        ROLE_NOT_HELD). An expiry beyond the longest lifetime Nexus allows, or, when the
+        caller is itself an expiring API key, beyond that key's expiry, fails with
+        INVALID_ARGUMENT (reason EXPIRE_TIME_TOO_LATE); without an expiry such a key gets
+        the caller's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

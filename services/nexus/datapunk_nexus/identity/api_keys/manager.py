@@ -39,6 +39,31 @@ def _tenant_of(caller: Identity) -> str:
     return caller.tenant
 
 
+def _within_creator_key(
+    caller: Identity, expiry: datetime | None, requested: datetime | None
+) -> datetime | None:
+    """``expiry``, capped by the expiry of the API key the caller authenticated with."""
+    if caller.kind != "api_key" or caller.expires_at is None:
+        return expiry
+    creator_end = datetime.fromtimestamp(caller.expires_at, UTC)
+    if expiry is not None and expiry <= creator_end:
+        return expiry
+    if requested is None:
+        return creator_end
+    raise InvalidArgument(
+        "expire_time is after the expiry of the API key making this one",
+        violations=[
+            FieldViolation(
+                "expire_time",
+                "must not be after the expiry of the calling API key",
+                "EXPIRE_TIME_TOO_LATE",
+            )
+        ],
+        reason="EXPIRE_TIME_TOO_LATE",
+        metadata={"creator_expire_time": creator_end.isoformat()},
+    )
+
+
 def _distinct(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(values)))
 
@@ -104,7 +129,9 @@ class ApiKeyManager:
         expire_time: datetime | None = None,
     ) -> IssuedApiKey:
         """A new key of the caller's tenant. It may carry only roles the caller holds, so
-        that nobody can mint a key more powerful than themselves."""
+        that nobody can mint a key more powerful than themselves; a key made with an
+        expiring API key expires with it at the latest, so that nobody can outlast their
+        own key's expiry by minting another."""
         tenant = _tenant_of(caller)
         wanted_roles = _distinct(roles)
         missing = sorted(set(wanted_roles) - caller.roles)
@@ -116,7 +143,7 @@ class ApiKeyManager:
                 metadata={"roles": ",".join(missing)},
             )
         now = self._clock()
-        expiry = self._expiry(expire_time, now)
+        expiry = _within_creator_key(caller, self._expiry(expire_time, now), expire_time)
         for attempt in range(_ID_ATTEMPTS):
             key_id, secret = new_key_id(), new_secret()
             key = ApiKey(
