@@ -370,11 +370,10 @@ class OAuthSettings(_Strict):
 
     enabled: bool = True
     """Serve AuthService and the REST edge's ``/oauth/*`` and ``/.well-known/*`` routes."""
-    issuer: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$", max_length=512)] = (
-        "http://127.0.0.1:8080"
-    )
+    issuer: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$", max_length=512)] | None = None
     """The ``iss`` of every token, and the base URL of the endpoints in the metadata: the
-    URL clients reach the REST edge at (no query, no fragment, no trailing slash)."""
+    URL clients reach the REST edge at (no query, no fragment, no trailing slash). Unset
+    means ``auth.issuer``, the issuer every service trusts, so the two cannot differ."""
     audience: Annotated[str, Field(min_length=1, max_length=256)] = "datapunk"
     """The ``aud`` of an access token whose client asked for no other audience."""
     access_token_ttl: Annotated[float, Field(ge=10, le=86400)] = 300.0
@@ -399,7 +398,7 @@ class OAuthSettings(_Strict):
 
     @model_validator(mode="after")
     def _family_outlives_its_tokens(self) -> OAuthSettings:
-        if self.issuer.endswith("/"):
+        if self.issuer is not None and self.issuer.endswith("/"):
             raise ValueError("issuer must not end with '/'")
         if self.refresh_token_ttl > self.refresh_family_lifetime:
             raise ValueError("refresh_token_ttl must not exceed refresh_family_lifetime")

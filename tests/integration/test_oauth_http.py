@@ -530,7 +530,7 @@ async def test_key_rotation_overlap_and_key_deletion(oauth: OAuthHarness) -> Non
     old_token = (await client_token(oauth, client.client_id, secret))["access_token"]
     old_kid = segments(old_token)[0]["kid"]
 
-    await oauth.ring.rotate()
+    await oauth.server.rotate_signing_key()
     new_token = (await client_token(oauth, client.client_id, secret))["access_token"]
     assert segments(new_token)[0]["kid"] != old_kid
 
@@ -541,7 +541,7 @@ async def test_key_rotation_overlap_and_key_deletion(oauth: OAuthHarness) -> Non
         await verifier.verify(new_token)
         assert (await introspect(oauth, client.client_id, secret, old_token))["active"]
 
-        await oauth.ring.delete(old_kid)
+        await oauth.server.delete_signing_key(old_kid)
         assert await introspect(oauth, client.client_id, secret, old_token) == {"active": False}
         await asyncio.sleep(1.1)  # the resource server's key cache (1 s here) runs out
         with pytest.raises(Unauthenticated) as caught:

@@ -15,6 +15,7 @@ from datapunk_nexus.identity.oauth import http as oauth_http
 from datapunk_nexus.identity.oauth.access import AccessTokenMinter
 from datapunk_nexus.identity.oauth.client_secrets import SecretHasher, new_client_secret
 from datapunk_nexus.identity.oauth.clients import OAuthClient
+from datapunk_nexus.identity.oauth.keyring import RingKeySource
 from datapunk_nexus.identity.oauth.refresh import looks_like_refresh_token, refresh_token_hash
 from datapunk_nexus.identity.oauth.revocation import RevocationList
 from datapunk_nexus.identity.oauth.server import (
@@ -26,7 +27,7 @@ from datapunk_nexus.identity.signing import SoftwareSigner
 from datapunk_shared.auth.claims import datapunk_claims
 from datapunk_shared.auth.tokens import IssuerPolicy, StaticKeySource, TokenVerifier
 from datapunk_shared.config import OAuthSettings
-from datapunk_shared.errors import InvalidArgument
+from datapunk_shared.errors import InvalidArgument, Unauthenticated
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -255,3 +256,55 @@ async def test_revocation_notifications_that_do_not_parse_are_ignored() -> None:
     revocations._clock = lambda: 2.0
     assert await revocations.is_revoked("jti-1")
     assert not await revocations.is_revoked("jti-2")
+
+
+# --- Nexus's own keys -------------------------------------------------------------------
+
+
+class _Ring:
+    """A key ring that only publishes: counts how often its JWKS is read."""
+
+    def __init__(self, *signers: SoftwareSigner) -> None:
+        self.signers = list(signers)
+        self.reads = 0
+
+    async def jwks(self) -> dict[str, Any]:
+        self.reads += 1
+        return {"keys": [s.public_jwk() for s in self.signers]}
+
+
+async def test_ring_keys_are_cached_and_follow_rotation_and_deletion() -> None:
+    first, second = SoftwareSigner.generate(), SoftwareSigner.generate()
+    ring = _Ring(first)
+    now = [0.0]
+    keys = RingKeySource(ring, ISSUER, max_age=5, refetch_interval=1, clock=lambda: now[0])  # type: ignore[arg-type]
+    for _ in range(100):
+        assert (await keys.key(ISSUER, first.kid)).kid == first.kid
+    assert ring.reads == 1
+
+    # Forged kids cost one read per refetch interval at most.
+    for _ in range(50):
+        with pytest.raises(Unauthenticated) as caught:
+            await keys.key(ISSUER, "forged")
+        assert caught.value.reason == "UNKNOWN_KEY"
+    now[0] = 1.5
+    with pytest.raises(Unauthenticated):
+        await keys.key(ISSUER, "forged")
+    assert ring.reads == 2
+
+    # A rotation elsewhere: the new kid is read as soon as the interval allows.
+    ring.signers.append(second)
+    now[0] = 3.0
+    assert (await keys.key(ISSUER, second.kid)).kid == second.kid
+    # A deletion elsewhere is noticed within max_age...
+    ring.signers.remove(first)
+    now[0] = 8.5
+    with pytest.raises(Unauthenticated):
+        await keys.key(ISSUER, first.kid)
+    # ...and one made here at once.
+    ring.signers.append(first)
+    keys.invalidate()
+    assert (await keys.key(ISSUER, first.kid)).kid == first.kid
+    with pytest.raises(Unauthenticated) as caught:
+        await keys.key("https://someone.else", first.kid)
+    assert caught.value.reason == "UNTRUSTED_ISSUER"

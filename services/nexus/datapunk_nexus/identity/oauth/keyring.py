@@ -4,7 +4,9 @@ Nexus's own tokens against the keys the ring publishes right now."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -43,18 +45,56 @@ class KeyRing(Protocol):
 
 
 class RingKeySource:
-    """The public keys of ``issuer`` as the ring publishes them at the moment of the
-    call, so that a rotation is followed and a deleted key fails at once (UNKNOWN_KEY)."""
+    """The public keys of ``issuer`` as the ring publishes them, for verifying Nexus's
+    own tokens without HTTP.
 
-    def __init__(self, ring: KeyRing, issuer: str) -> None:
+    The key set is read from the ring (PostgreSQL) at most every ``max_age`` seconds, and
+    again when a token names a ``kid`` not in it (a rotation on another instance), at most
+    every ``refetch_interval`` seconds, so forged ``kid`` values cannot flood PostgreSQL.
+    A key deleted on another instance is refused here within ``max_age``; changes made
+    through this instance call ``invalidate`` and take effect at once."""
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        issuer: str,
+        *,
+        max_age: float = 5.0,
+        refetch_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._ring = ring
         self._issuer = issuer
+        self._max_age = max_age
+        self._refetch_interval = refetch_interval
+        self._clock = clock
+        self._keys: dict[str, Key] | None = None
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def invalidate(self) -> None:
+        """Forget the key set: the next verification reads it again."""
+        self._keys = None
 
     async def key(self, issuer: str, kid: str) -> Key:
-        keys = import_public_keys(await self._ring.jwks()) if issuer == self._issuer else {}
-        key = keys.get(kid)
+        if issuer != self._issuer:
+            raise refuse("UNTRUSTED_ISSUER", "the token's issuer is not trusted")
+        keys = self._keys
+        if keys is None or self._stale(kid):
+            async with self._lock:  # concurrent lookups share one read
+                if self._keys is None or self._stale(kid):
+                    fetched_at = self._clock()
+                    self._keys = import_public_keys(await self._ring.jwks())
+                    self._fetched_at = fetched_at
+            keys = self._keys
+        key = keys.get(kid) if keys is not None else None
         if key is None:
             raise refuse(
                 "UNKNOWN_KEY", "the token is signed with a key the issuer does not publish"
             )
         return key
+
+    def _stale(self, kid: str) -> bool:
+        age = self._clock() - self._fetched_at
+        known = self._keys is not None and kid in self._keys
+        return age > self._max_age or (not known and age >= self._refetch_interval)

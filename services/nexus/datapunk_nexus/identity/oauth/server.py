@@ -18,7 +18,6 @@ from datapunk_shared.auth.identity import Identity
 from datapunk_shared.auth.tokens import (
     DEFAULT_MAX_TOKEN_BYTES,
     IssuerPolicy,
-    KeySource,
     TokenVerifier,
 )
 from datapunk_shared.config import OAuthSettings, Settings
@@ -35,7 +34,7 @@ from datapunk_nexus.identity.oauth._pg import connection
 from datapunk_nexus.identity.oauth.access import AccessToken, AccessTokenMinter
 from datapunk_nexus.identity.oauth.client_secrets import SecretHasher, new_client_secret
 from datapunk_nexus.identity.oauth.clients import ClientSpec, ClientStore, OAuthClient
-from datapunk_nexus.identity.oauth.keyring import KeyRing, RingKeySource
+from datapunk_nexus.identity.oauth.keyring import KeyInfo, KeyRing, RingKeySource
 from datapunk_nexus.identity.oauth.refresh import (
     IssuedAccess,
     RefreshGrant,
@@ -116,6 +115,7 @@ class AuthorizationServer:
         settings: OAuthSettings,
         pool: AsyncConnectionPool,
         *,
+        issuer: str,
         clients: ClientStore,
         refresh_tokens: RefreshTokenStore,
         revocations: RevocationList,
@@ -124,7 +124,7 @@ class AuthorizationServer:
         ring: KeyRing,
     ) -> None:
         self.settings = settings
-        self.issuer = settings.issuer
+        self.issuer = issuer
         self._pool = pool
         self.clients = clients
         self.refresh_tokens = refresh_tokens
@@ -132,7 +132,9 @@ class AuthorizationServer:
         self._minter = minter
         self._hasher = hasher
         self.ring = ring
-        self._keys: KeySource = RingKeySource(ring, settings.issuer)
+        self.keys = RingKeySource(ring, issuer)
+        """Nexus's own public keys, for ``TokenVerifier`` (``build_verifier``'s
+        ``nexus_keys``)."""
         self._prune_task: asyncio.Task[None] | None = None
 
     # --- life cycle ---------------------------------------------------------------------
@@ -340,7 +342,7 @@ class AuthorizationServer:
         )
         verifier = TokenVerifier(
             [policy],
-            self._keys,
+            self.keys,
             is_revoked=self.revocations.is_revoked if check_revoked else None,
         )
         identity = await verifier.verify(token)
@@ -366,6 +368,17 @@ class AuthorizationServer:
             "introspection_endpoint_auth_methods_supported": auth_methods,
             "access_token_signing_alg_values_supported": sorted(_ALGORITHMS),
         }
+
+    async def rotate_signing_key(self) -> KeyInfo:
+        """Make a new active signing key (the old one stays published for the overlap)."""
+        key = await self.ring.rotate()
+        self.keys.invalidate()
+        return key
+
+    async def delete_signing_key(self, kid: str) -> None:
+        """Delete a retired signing key; tokens it signed are refused from now on."""
+        await self.ring.delete(kid)
+        self.keys.invalidate()
 
     async def jwks(self) -> Mapping[str, Any]:
         """The JWKS document of the keys tokens may be signed with now."""
@@ -439,6 +452,7 @@ def build_authorization_server(
     PostgreSQL, migrations applied by the service) signing with ``key_ring``. Call
     ``await server.start()`` before serving and ``await server.stop()`` at shutdown."""
     oauth = settings.nexus.auth.oauth
+    issuer = oauth.issuer or settings.auth.issuer
     revocations = RevocationList(
         pool,
         settings.engines.postgres.url,
@@ -448,6 +462,7 @@ def build_authorization_server(
     return AuthorizationServer(
         oauth,
         pool,
+        issuer=issuer,
         clients=ClientStore(pool),
         refresh_tokens=RefreshTokenStore(
             pool,
@@ -456,9 +471,7 @@ def build_authorization_server(
             on_revoked=revocations.add,
         ),
         revocations=revocations,
-        minter=AccessTokenMinter(
-            key_ring.active_signer, issuer=oauth.issuer, ttl=oauth.access_token_ttl
-        ),
+        minter=AccessTokenMinter(key_ring.active_signer, issuer=issuer, ttl=oauth.access_token_ttl),
         hasher=SecretHasher(oauth),
         ring=key_ring,
     )

@@ -221,7 +221,7 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.RotateSigningKeyRequest, context: Any
     ) -> auth_pb2.RotateSigningKeyResponse:
         _caller()
-        key = await self._server.ring.rotate()
+        key = await self._server.rotate_signing_key()
         return auth_pb2.RotateSigningKeyResponse(key=_key_message(key))
 
     async def ListSigningKeys(
@@ -252,7 +252,7 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.DeleteSigningKeyRequest, context: Any
     ) -> auth_pb2.DeleteSigningKeyResponse:
         _caller()
-        await self._server.ring.delete(request.name.removeprefix(_KEYS_PREFIX))
+        await self._server.delete_signing_key(request.name.removeprefix(_KEYS_PREFIX))
         return auth_pb2.DeleteSigningKeyResponse()
 
     # --- the caller ---------------------------------------------------------------------
