@@ -149,9 +149,15 @@ async def test_metadata_with_curl(oauth: OAuthHarness) -> None:
 
 
 async def test_jwks_publishes_the_active_key(oauth: OAuthHarness) -> None:
-    async with aiohttp.ClientSession() as http, http.get(oauth.url + "/.well-known/jwks.json") as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(oauth.url + "/.well-known/jwks.json", headers={"x-request-id": "jwks-1"}) as r,
+    ):
         assert r.status == 200
         jwks = await r.json()
+        # The edge's own headers are on its plain routes too.
+        assert r.headers["X-Request-Id"] == "jwks-1"
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
     kids = [key["kid"] for key in jwks["keys"]]
     assert oauth.ring.active_signer().kid in kids
     assert all("d" not in key for key in jwks["keys"])  # public halves only
@@ -165,6 +171,42 @@ async def test_other_methods_on_the_token_endpoint_are_405(oauth: OAuthHarness) 
 
 
 # --- the token endpoint -----------------------------------------------------------------
+
+
+async def _curl(*args: str) -> Any:
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--fail-with-body", "--max-time", "10", *args, stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await process.communicate()
+    assert process.returncode == 0, stdout
+    return json.loads(stdout)
+
+
+async def test_the_token_flow_with_curl(oauth: OAuthHarness) -> None:
+    """curl, a client we did not write, does Basic authentication its own way."""
+    client, secret = await oauth.client()
+    issued = await _curl(
+        "-u",
+        f"{client.client_id}:{secret}",
+        "-d",
+        "grant_type=client_credentials",
+        "-d",
+        "scope=lake.read",
+        oauth.url + "/oauth/token",
+    )
+    assert issued["scope"] == "lake.read"
+    report = await _curl(
+        "-u",
+        f"{client.client_id}:{secret}",
+        "--data-urlencode",
+        f"token={issued['access_token']}",
+        oauth.url + "/oauth/introspect",
+    )
+    assert (report["active"], report["scope"], report["client_id"]) == (
+        True,
+        "lake.read",
+        client.client_id,
+    )
 
 
 async def test_client_credentials_token_verifies_against_the_published_jwks(

@@ -8,8 +8,12 @@ Wiring, in the Nexus's setup (``datapunk_nexus.service``)::
     add_auth_service(context, server)
     edge.add_plain_routes(oauth_http_routes(server))  # edge: start_rest_edge's RestEdge
 
-``server.revocations.is_revoked`` is the ``TokenVerifier`` revocation hook for Nexus's
-own tokens."""
+An edge verifying Nexus's own tokens uses ``server.keys`` (the ring's public keys, no
+HTTP) and ``server.revocations.is_revoked`` (the deny list)::
+
+    build_verifier(settings.auth, service="nexus", extra_audiences=[oauth.audience],
+                   nexus_keys=server.keys, is_revoked=server.revocations.is_revoked)
+"""
 
 from __future__ import annotations
 
