@@ -126,7 +126,7 @@ class RefreshTokenStore:
         return token
 
     async def rotate(
-        self, client_id: str, token: str, check: Callable[[RefreshGrant], None], mint: Mint
+        self, client_id: str, token: str, check: Callable[[RefreshGrant], object], mint: Mint
     ) -> tuple[RefreshGrant, IssuedAccess, str]:
         """Exchange ``token``, presented by ``client_id``, for its successor.
 

@@ -233,9 +233,10 @@ class AuthorizationServer:
     async def _refresh(self, client: OAuthClient, request: TokenRequest) -> TokenGrant:
         if not client.allow_refresh_tokens:
             raise invalid_grant("the client may not use refresh tokens")
-        minted: list[AccessToken] = []
 
-        def check(grant: RefreshGrant) -> None:
+        def scopes_for(grant: RefreshGrant) -> tuple[str, ...]:
+            """Refused before anything changes: another audience, or scopes beyond the
+            original grant (or beyond what the client may still have)."""
             if request.audience and request.audience != grant.audience:
                 raise _bad_request(
                     "INVALID_TARGET",
@@ -243,15 +244,16 @@ class AuthorizationServer:
                     "a refreshed token keeps the audience of its original grant",
                 )
             allowed = tuple(s for s in grant.scopes if s in client.allowed_scopes)
-            minted.append(
-                self._minter.mint(client, _granted_scopes(request.scopes, allowed), grant.audience)
-            )
+            return _granted_scopes(request.scopes, allowed)
+
+        minted: list[AccessToken] = []
 
         async def mint(grant: RefreshGrant) -> IssuedAccess:
+            minted.append(self._minter.mint(client, scopes_for(grant), grant.audience))
             return IssuedAccess(minted[0].jti, minted[0].expires_at)
 
         _, _, successor = await self.refresh_tokens.rotate(
-            client.client_id, request.refresh_token, check, mint
+            client.client_id, request.refresh_token, scopes_for, mint
         )
         return TokenGrant(minted[0], successor)
 
