@@ -444,3 +444,16 @@ async def test_auth_service_over_rest(oauth: OAuthHarness, stub: Any) -> None:
             error = await response.json()
         info = next(d for d in error["details"] if d["@type"].endswith("ErrorInfo"))
         assert info["reason"] == "MISSING_CREDENTIALS"
+
+
+async def test_a_caller_without_a_valid_tenant_manages_nothing(
+    oauth: OAuthHarness, stub: Any
+) -> None:
+    odd = await admin_of(oauth, stub, "Not_A_Tenant")
+    code, reason, _ = await failure(
+        stub.CreateClient(
+            auth_pb2.CreateClientRequest(client=auth_pb2.Client(client_id="odd-client")),
+            metadata=odd,
+        )
+    )
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "INVALID_TENANT")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from datapunk.nexus.v1 import auth_pb2, auth_pb2_grpc
 from datapunk_shared.auth.identity import Identity, identity_var
+from datapunk_shared.auth.tenancy import is_tenant_id
 from datapunk_shared.errors import PermissionDenied, Unauthenticated
 from datapunk_shared.paging import decode_page_token, encode_page_token, invalid_page_token
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -44,9 +45,12 @@ def _caller() -> Identity:
 
 
 def _caller_tenant() -> str:
+    """The caller's tenant: clients and tokens are kept only for well-formed tenant ids."""
     tenant = _caller().tenant
-    if not tenant:
-        raise PermissionDenied("the caller belongs to no tenant", reason="INVALID_TENANT")
+    if not is_tenant_id(tenant):
+        raise PermissionDenied(
+            "the caller's tenant is missing or not a tenant id", reason="INVALID_TENANT"
+        )
     return tenant
 
 
