@@ -25,6 +25,7 @@ from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor
 from datapunk_shared.rpc.server import create_server
 
 NEXUS = Identity(subject="service:nexus", tenant="", kind="service", issuer="dp")
+STREAM = Identity(subject="service:stream", tenant="", kind="service", issuer="dp")
 CLIENT = Identity(subject="client:bot", tenant="acme", kind="client", roles=frozenset({"reader"}))
 
 
@@ -33,7 +34,7 @@ class TokenTable:
     with a verified identity; the verifier has tests of its own."""
 
     def __init__(self) -> None:
-        self.tokens = {"nexus-token": NEXUS, "client-token": CLIENT}
+        self.tokens = {"nexus-token": NEXUS, "stream-token": STREAM, "client-token": CLIENT}
         self.calls = 0
 
     async def verify(self, token: str) -> Identity:
@@ -101,8 +102,16 @@ async def test_public_methods_need_no_credentials(channel: grpc.aio.Channel) -> 
 
 
 async def test_the_verified_identity_reaches_the_handler(channel: grpc.aio.Channel) -> None:
-    tags = await _call(channel, (("authorization", "Bearer client-token"),))
-    assert tags == ["client:bot", "client:bot", "acme"]
+    tags = await _call(channel, (("authorization", "Bearer stream-token"),))
+    assert tags == ["service:stream", "service:stream", ""]
+
+
+async def test_end_users_must_come_through_nexus(channel: grpc.aio.Channel) -> None:
+    # A valid client token is still refused on a service port: only Nexus checks a
+    # client's permissions.
+    assert await _refused(channel, (("authorization", "Bearer client-token"),)) == (
+        "WRONG_PRINCIPAL_KIND"
+    )
 
 
 async def test_a_trusted_delegate_acts_on_behalf_of_a_caller(channel: grpc.aio.Channel) -> None:
@@ -116,7 +125,7 @@ async def test_a_trusted_delegate_acts_on_behalf_of_a_caller(channel: grpc.aio.C
 async def test_nobody_else_may_claim_another_identity(channel: grpc.aio.Channel) -> None:
     forged = Identity(subject="client:admin", tenant="other", kind="client")
     metadata = (
-        ("authorization", "Bearer client-token"),
+        ("authorization", "Bearer stream-token"),
         (ON_BEHALF_KEY, encode_on_behalf(forged)),
     )
     assert await _refused(channel, metadata) == "UNTRUSTED_DELEGATION"
@@ -156,7 +165,9 @@ def test_on_behalf_round_trips() -> None:
 async def test_verified_tokens_are_remembered_until_they_expire() -> None:
     table = TokenTable()
     now = [1000.0]
-    table.tokens["short"] = Identity(subject="client:s", tenant="t", kind="client", expires_at=1005)
+    table.tokens["short"] = Identity(
+        subject="service:s", tenant="", kind="service", expires_at=1005
+    )
     authenticator = CallerAuthenticator(table, cache_seconds=30, clock=lambda: now[0])
     metadata = (("authorization", "Bearer short"),)
     await authenticator.authenticate(metadata)

@@ -133,12 +133,14 @@ class CallerAuthenticator:
         verifier: TokenChecker,
         *,
         delegates: Iterable[str] = ("service:nexus",),
+        kinds: Iterable[str] = ("service",),
         cache_size: int = 4096,
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._verifier = verifier
         self._delegates = frozenset(delegates)
+        self._kinds = frozenset(kinds)
         self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
         self._cache_size = cache_size
         self._cache_seconds = cache_seconds
@@ -163,6 +165,14 @@ class CallerAuthenticator:
                 "the authorization header must be 'Bearer <token>'", reason="MALFORMED_TOKEN"
             )
         caller = await self._verified(credential.strip())
+        if caller.kind not in self._kinds:
+            # End users reach services through Nexus, which checks their permissions;
+            # a direct call must come from a Datapunk service.
+            raise Unauthenticated(
+                "this port serves Datapunk services only; call through the Nexus entry",
+                reason="WRONG_PRINCIPAL_KIND",
+                metadata={"kind": caller.kind},
+            )
         if on_behalf is None:
             return caller
         if caller.kind != "service" or caller.subject not in self._delegates:
