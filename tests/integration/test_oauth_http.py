@@ -357,6 +357,29 @@ async def test_token_request_errors(oauth: OAuthHarness) -> None:
     assert status == 413
 
 
+async def test_a_form_arriving_in_pieces(oauth: OAuthHarness) -> None:
+    client, secret = await oauth.client()
+    form = f"grant_type=client_credentials&client_id={client.client_id}&client_secret={secret}"
+
+    async def pieces(text: str, size: int) -> AsyncIterator[bytes]:
+        for start in range(0, len(text), size):
+            yield text[start : start + size].encode()
+            await asyncio.sleep(0.01)  # each piece its own chunk on the wire
+
+    async with aiohttp.ClientSession() as http:
+        headers = {"Content-Type": FORM}
+        async with http.post(
+            oauth.url + "/oauth/token", data=pieces(form, 7), headers=headers
+        ) as r:
+            assert r.status == 200, await r.text()
+        # No Content-Length to refuse up front: the limit holds while reading.
+        big = form + "&x=" + "a" * 70_000
+        async with http.post(
+            oauth.url + "/oauth/token", data=pieces(big, 8192), headers=headers
+        ) as r:
+            assert r.status == 413
+
+
 async def test_scopes_and_audience_a_client_may_ask_for(oauth: OAuthHarness) -> None:
     client, secret = await oauth.client(audiences=("datapunk:lake",))
     body = await client_token(

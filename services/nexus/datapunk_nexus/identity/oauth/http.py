@@ -98,9 +98,14 @@ async def _form(request: web.BaseRequest) -> dict[str, str]:
         raise _OAuthError("invalid_request", f"the body must be {_FORM}")
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
         raise _OAuthError("invalid_request", "the request body is too large", 413)
-    body = await request.content.read(MAX_FORM_BYTES + 1)
-    if len(body) > MAX_FORM_BYTES:
-        raise _OAuthError("invalid_request", "the request body is too large", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():  # a body may come in many pieces
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise _OAuthError("invalid_request", "the request body is too large", 413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=32)
     except (UnicodeDecodeError, ValueError):
