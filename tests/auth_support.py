@@ -1,0 +1,189 @@
+"""Credentials for the test suite: one issuer standing in for Nexus's signing key.
+
+Every service a test starts trusts this issuer (``DATAPUNK_AUTH__ISSUER``), and every
+Nexus a test starts signs with the same key (the software signing backend, its PEM given
+as a secret), so a token minted here and a token a test Nexus mints verify alike. The
+issuer's discovery document and JWKS are served over real HTTP from a thread, the way
+services fetch Nexus's keys in production."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from datapunk_nexus.identity.signing import SoftwareSigner
+from datapunk_shared.auth.identity import Identity
+from datapunk_shared.auth.interceptor import AUTHORIZATION_KEY, ON_BEHALF_KEY, encode_on_behalf
+
+from tests.token_kit import b64, b64json
+
+__all__ = ["TestIssuer", "authed_channel", "env_with_issuer", "issuer", "tenant_caller"]
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class TestIssuer:
+    """An ES256 key, its JWKS on a local HTTP server, and service tokens signed with it."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    def __init__(self) -> None:
+        private = ec.generate_private_key(ec.SECP256R1())
+        self.pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.signer = SoftwareSigner(private)
+        self.pepper = secrets.token_bytes(32)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                documents: dict[str, Any] = {
+                    "/jwks.json": {"keys": [issuer.signer.public_jwk()]},
+                    "/.well-known/oauth-authorization-server": {
+                        "issuer": issuer.url,
+                        "jwks_uri": f"{issuer.url}/jwks.json",
+                    },
+                }
+                document = documents.get(self.path)
+                body = json.dumps(document or {"error": "not found"}).encode()
+                self.send_response(200 if document is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        return Handler
+
+    def env(self) -> dict[str, str]:
+        """What a service process needs to trust this issuer, and a Nexus to sign as it."""
+        return {
+            "DATAPUNK_AUTH__ISSUER": self.url,
+            "DATAPUNK_AUTH__JWKS_URL": f"{self.url}/jwks.json",
+            "DATAPUNK_NEXUS__AUTH__SIGNING__BACKEND": "software",
+            "DATAPUNK_SECRET_NEXUS__SIGNING_KEY": self.pem.decode(),
+            "DATAPUNK_SECRET_NEXUS__API_KEY_PEPPER": self.pepper.hex(),
+        }
+
+    def token(
+        self,
+        *,
+        audience: str | Sequence[str] = "datapunk:lake",
+        subject: str = "service:nexus",
+        ttl: float = 600,
+        **claims: Any,
+    ) -> str:
+        """A signed access token (``typ: at+jwt``), by default a Nexus service token."""
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "iss": self.url,
+            "sub": subject,
+            "aud": audience if isinstance(audience, str) else list(audience),
+            "jti": secrets.token_urlsafe(12),
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(ttl),
+            **claims,
+        }
+        header = {"alg": "ES256", "typ": "at+jwt", "kid": self.signer.kid}
+        signing_input = f"{b64json(header)}.{b64json(body)}"
+        return f"{signing_input}.{b64(self.signer.sign(signing_input.encode()))}"
+
+    def metadata(self, service: str = "lake", on_behalf: Identity | None = None) -> Metadata:
+        """Call metadata of Nexus calling ``service``, optionally for a caller."""
+        found: list[tuple[str, str]] = [
+            (AUTHORIZATION_KEY, f"Bearer {self.token(audience=f'datapunk:{service}')}")
+        ]
+        if on_behalf is not None:
+            found.append((ON_BEHALF_KEY, encode_on_behalf(on_behalf)))
+        return tuple(found)
+
+
+_issuer: TestIssuer | None = None
+
+
+def issuer() -> TestIssuer:
+    """The suite's one issuer, started on first use."""
+    global _issuer
+    if _issuer is None:
+        _issuer = TestIssuer()
+    return _issuer
+
+
+class _AddMetadata(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata to every call of a channel (before the call's own)."""
+
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        own = tuple(details.metadata or ())
+        return grpc.aio.ClientCallDetails(
+            details.method,
+            details.timeout,
+            grpc.aio.Metadata(*self._metadata, *own),
+            details.credentials,
+            details.wait_for_ready,
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def authed_channel(
+    address: str,
+    service: str = "lake",
+    *,
+    on_behalf: Identity | None = None,
+    options: Sequence[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
+    """A channel to ``service`` at ``address`` whose calls carry a Nexus service token
+    (and the caller Nexus acts for, when given)."""
+    metadata = issuer().metadata(service, on_behalf)
+    return grpc.aio.insecure_channel(
+        address, options=options, interceptors=[_AddMetadata(metadata)]
+    )
+
+
+def tenant_caller(tenant: str, *roles: str) -> Identity:
+    """An end-user identity of ``tenant`` for ``authed_channel(on_behalf=...)``."""
+    return Identity(
+        subject=f"client:test-{tenant}", tenant=tenant, kind="client", roles=frozenset(roles)
+    )
+
+
+def env_with_issuer(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``extra`` plus the issuer's environment."""
+    return {**issuer().env(), **(extra or {})}
