@@ -1,7 +1,9 @@
 """PolicyService over real gRPC: an in-process ``grpc.aio`` server built with
 ``create_server`` and the shared Datapunk edges (protovalidate, error mapping, and the
 shared authentication edge verifying real ES256 access tokens), the servicer registered
-by ``add_policy_service``, the real PostgreSQL behind it.
+by ``add_policy_service``, the real PostgreSQL behind it. Calls come the way the Nexus
+edge forwards them: Nexus's service token plus the caller's identity on whose behalf it
+acts, so every decision is about ``identity.effective``.
 
 Among the attacks: another tenant's roles and bindings by name, role or tenant fields
 smuggled into a request ("mass assignment"), a non-admin granting itself admin, and a
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -19,7 +22,12 @@ import pytest
 from datapunk.nexus.v1 import policy_pb2, policy_pb2_grpc
 from datapunk_nexus.identity.policy import add_policy_service
 from datapunk_nexus.identity.policy.authorizer import PolicyAuthorizer
-from datapunk_shared.auth.interceptor import CallerAuthenticator
+from datapunk_shared.auth.identity import Identity
+from datapunk_shared.auth.interceptor import (
+    ON_BEHALF_KEY,
+    CallerAuthenticator,
+    encode_on_behalf,
+)
 from datapunk_shared.config import Settings
 from datapunk_shared.db import apply_migrations, load_migrations
 from datapunk_shared.errors import DatapunkError
@@ -93,17 +101,24 @@ def tenant() -> str:
 
 def caller(
     client: str, tenant_: str, roles: list[str], attributes: dict[str, str] | None = None
-) -> tuple[tuple[str, str]]:
-    """Metadata carrying a real access token of ``client:<client>`` in ``tenant_``."""
+) -> tuple[tuple[str, str], ...]:
+    """Metadata of a call the Nexus edge forwards for ``client:<client>`` of ``tenant_``:
+    Nexus's own real access token (a service token) plus the caller's identity in
+    ``x-datapunk-on-behalf-of``, which the shared edge believes from Nexus only."""
     claims = token_kit.claims(
-        sub=f"client:{client}",
-        client_id=client,
-        datapunk_tenant=tenant_,
-        datapunk_roles=roles,
-        datapunk_attributes=attributes,
-        jti=str(uuid.uuid4()),
+        sub="service:nexus", client_id=None, datapunk_tenant=None, datapunk_roles=None
     )
-    return (("authorization", f"Bearer {token_kit.sign(KEY, claims)}"),)
+    on_behalf = Identity(
+        subject=f"client:{client}",
+        tenant=tenant_,
+        kind="client",
+        roles=frozenset(roles),
+        attributes=MappingProxyType(attributes or {}),
+    )
+    return (
+        ("authorization", f"Bearer {token_kit.sign(KEY, claims)}"),
+        (ON_BEHALF_KEY, encode_on_behalf(on_behalf)),
+    )
 
 
 async def failure(call: Awaitable[Any]) -> tuple[grpc.StatusCode, DatapunkError]:
@@ -293,6 +308,12 @@ async def test_only_admins_administer(served: Served) -> None:
         assert code == grpc.StatusCode.PERMISSION_DENIED
         # About oneself anyone may ask.
         assert (await check(stub, who, "collection/x")).principal == "client:mallory"
+    # Nexus's service identity on its own (acting for nobody) belongs to no tenant.
+    service_only = caller("unused", acme, ["admin"])[:1]
+    code, _ = await failure(
+        stub.PutRole(T.PutRoleRequest(role=analyst_role("*")), metadata=service_only, timeout=10)
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_a_non_admin_cannot_grant_itself_admin(served: Served) -> None:

@@ -1,9 +1,11 @@
 """One tenant's policy as a casbin enforcer: an RBAC model with domains (the domain is
 the tenant) and an attribute condition on data classification, default deny.
 
-The model (``MODEL`` below) has one policy line per role, permission and action::
+The model (``MODEL`` below) has one policy line per role, permission, action and resource
+type (a permission on every type, ``*``, becomes one line per tenant type, never
+``platform``)::
 
-    p, <role>, <tenant>, <type or *>, <name glob>, <action>, <max level>, <clearance?>, <rule id>
+    p, <role>, <tenant>, <type>, <name glob>, <action>, <max level>, <clearance?>, <rule id>
 
 and one grouping line per role binding: ``g, <principal>, <role>, <tenant>``. A request
 is ``(role, tenant, type, name, action, resource level, caller clearance level)``; it is
@@ -12,9 +14,9 @@ are the ones its credential carries plus the ones casbin's domain role manager h
 it in the tenant, and each is asked in turn.
 
 casbin evaluates its matcher line by line, about ten microseconds each, so the enforcer
-keeps casbin's ``FastModel`` index of the policy by role and action (only the asked
-role's lines for the asked action are evaluated), and each decision is remembered until
-the tenant's policy changes: the same question is then answered from a dictionary."""
+keeps casbin's ``FastModel`` index of the policy by role, action and type (only the lines
+that can match are evaluated), and each decision is remembered until the tenant's policy
+changes: the same question is then answered from a dictionary."""
 
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from casbin.model import FastModel, fast_policy_filter
 from casbin.persist import Adapter
 
 from datapunk_nexus.identity.policy.rules import (
+    ANY_TYPE,
     CLASSIFICATION_LEVELS,
+    TENANT_TYPES,
     Binding,
     Decision,
     MatchedRule,
@@ -50,9 +54,8 @@ g = _, _, _
 e = some(where (p.eft == allow))
 
 [matchers]
-m = r.sub == p.sub && r.dom == p.dom && r.act == p.act \
-  && (p.typ == r.typ || (p.typ == "*" && r.typ != "platform")) \
-  && globMatch(r.obj, p.obj) && classificationAllows(p.maxcls, p.needclr, r.cls, r.clr)
+m = globMatch(r.obj, p.obj) && r.typ == p.typ && r.sub == p.sub && r.dom == p.dom \
+  && r.act == p.act && classificationAllows(p.maxcls, p.needclr, r.cls, r.clr)
 """
 """``maxcls`` is the highest classification level a line reaches (``0``: any) and
 ``needclr`` is ``1`` when the caller's clearance must reach the resource's level."""
@@ -97,8 +100,9 @@ class _Enforcer(casbin.Enforcer):  # type: ignore[misc]
         return self._expression
 
 
-_ROLE_INDEX: Final = [0, 4]
-"""The enforcer's policy index: request and policy fields 0 and 4, role and action."""
+_INDEX: Final = [0, 4, 2]
+"""The enforcer's policy index: request and policy fields 0, 4 and 2 (role, action,
+type)."""
 
 _Key = tuple[str, frozenset[str], str, str, str, int, int]
 
@@ -134,21 +138,27 @@ class TenantPolicy:
                     else "0"
                 )
                 clearance = "1" if permission.require_clearance else "0"
+                types = (
+                    TENANT_TYPES
+                    if permission.resource_type == ANY_TYPE
+                    else (permission.resource_type,)
+                )
                 for action in permission.actions:
-                    p_lines.append(
-                        [
-                            role.role_id,
-                            tenant,
-                            permission.resource_type,
-                            permission.name_pattern,
-                            action,
-                            max_level,
-                            clearance,
-                            rule_id,
-                        ]
-                    )
+                    for resource_type in types:
+                        p_lines.append(
+                            [
+                                role.role_id,
+                                tenant,
+                                resource_type,
+                                permission.name_pattern,
+                                action,
+                                max_level,
+                                clearance,
+                                rule_id,
+                            ]
+                        )
         g_lines = [[b.principal, b.role_id, tenant] for b in bindings]
-        model = FastModel(_ROLE_INDEX)
+        model = FastModel(_INDEX)
         model.load_model_from_text(MODEL)
         self._enforcer = _Enforcer(model, _RulesAdapter(p_lines, g_lines))
         self._enforcer.add_function("classificationAllows", _classification_allows)
@@ -202,7 +212,7 @@ class TenantPolicy:
         for role in roles:
             if role not in self.roles:
                 continue
-            with fast_policy_filter(policy, role, action):
+            with fast_policy_filter(policy, role, action, resource_type):
                 allowed, explain = self._enforcer.enforce_ex(
                     role, self.tenant, resource_type, name, action, level, clearance
                 )

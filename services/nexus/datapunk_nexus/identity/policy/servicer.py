@@ -246,9 +246,7 @@ async def add_policy_service(
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(  # type: ignore[no-untyped-call]
         servicer, context.server
     )
-    context.service_names.append(
-        policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
-    )
+    context.service_names.append(policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name)
     await authorizer.start()
     context.cleanups.append(authorizer.aclose)
     return authorizer
