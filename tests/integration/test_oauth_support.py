@@ -143,7 +143,12 @@ async def oauth_harness(base: Settings, **oauth: Any) -> AsyncIterator[OAuthHarn
         edges = DatapunkServerInterceptor(
             "nexus",
             access_log="all",
-            authenticator=_OptionalCredentials(server, cache_seconds=0.0),
+            # Callers present their own client tokens here, as they do at the Nexus
+            # entry (which then forwards on their behalf); cache_seconds=0 so that a
+            # revocation is seen by the very next call.
+            authenticator=_OptionalCredentials(
+                server, kinds=("client", "service"), cache_seconds=0.0
+            ),
         )
         grpc_server, grpc_port = create_server("127.0.0.1:0", edges=edges)
         context = ServiceContext(

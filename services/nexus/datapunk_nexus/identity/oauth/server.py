@@ -319,8 +319,10 @@ class AuthorizationServer:
         return Introspection(active=True, claims=claims, identity=identity)
 
     async def verify(self, token: str) -> Identity:
-        """The identity a Nexus access token proves, with every check of
-        ``TokenVerifier`` including revocation (for callers that hold a token)."""
+        """The identity a client's access token from this server proves, with every check
+        of ``TokenVerifier`` including revocation. Service tokens and other issuers'
+        tokens are refused: an edge verifies those with ``build_verifier`` (see the
+        package's docstring)."""
         _, identity = await self._verified(token, check_revoked=True)
         return identity
 
