@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "grpc_entry": "bench.grpc_entry",
     "limits": "bench.limits",
     "api_keys": "bench.api_keys",
+    "policy": "bench.policy",
 }
 
 
