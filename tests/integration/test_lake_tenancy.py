@@ -518,6 +518,39 @@ async def test_vector_store_calls_follow_identity_var(lake: TenantLake) -> None:
         await store.get_collection(name)
 
 
+async def test_tenants_collections_come_back_as_theirs_after_a_restart(tmp_path: Path) -> None:
+    def open_store() -> VectorStore:
+        engine = EmbeddedEngine(tmp_path / "vectors", auto_optimize=False)
+        return VectorStore(engine, max_payload_bytes=MAX_PAYLOAD)
+
+    first = open_store()
+    await first.start()
+    try:
+        with acting_as(A):
+            await first.create_collection(CollectionConfig("docs", 2, Distance.DOT))
+            await first.upsert("docs", [Point(1, [1.0, 0.0], {"owner": A})])
+        with acting_as(C):
+            await first.create_collection(CollectionConfig("docs", 3, Distance.DOT))
+    finally:
+        await first.close()
+    second = open_store()
+    await second.start()
+    try:
+        with acting_as(A):
+            assert (await second.get_collection("docs")).vector_size == 2
+            assert await second.count("docs", None) == 1
+            page, _ = await second.list_collections(after="", limit=10)
+            assert [c.name for c in page] == ["docs"]
+        with acting_as(C):
+            assert (await second.get_collection("docs")).vector_size == 3
+            assert await second.count("docs", None) == 0
+        with pytest.raises(NotFound):
+            await second.get_collection("docs")
+        assert await second.list_collections(after="", limit=10) == ([], "")
+    finally:
+        await second.close()
+
+
 # ---- time series ---------------------------------------------------------------------
 
 

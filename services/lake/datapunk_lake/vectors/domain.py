@@ -109,7 +109,9 @@ class CollectionConfig:
     """Everything that defines a collection; persisted with it."""
 
     name: str
-    """The collection id (``docs``), not the resource name."""
+    """The collection id (``docs``), not the resource name. Between the store and an
+    engine it is the engine's (physical) name, ``_acme__docs`` for tenant ``acme``'s
+    ``docs`` (see ``VectorStore``)."""
     vector_size: int
     distance: Distance
     hnsw: Hnsw = Hnsw()
@@ -329,9 +331,10 @@ class ScrollPage:
 class VectorEngine(Protocol):
     """What the vector store needs from an engine. Both adapters implement it alike; the
     store has checked every argument (sizes, finite values, payload types, filters)
-    before calling. Each method raises NotFound(COLLECTION_NOT_FOUND) for an unknown
-    collection and Unavailable when the engine cannot be reached; a write returns only
-    once the engine made it durable."""
+    before calling, and every collection name is the engine's physical name (the store
+    maps each tenant's names to them). Each method raises NotFound(COLLECTION_NOT_FOUND)
+    for an unknown collection and Unavailable when the engine cannot be reached; a write
+    returns only once the engine made it durable."""
 
     async def start(self) -> None: ...
 
