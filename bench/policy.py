@@ -340,12 +340,15 @@ async def _measure(quick: bool) -> dict[str, Any]:
     workload = _workload()
     pool = AsyncConnectionPool(url, min_size=1, max_size=2, open=False)
     await pool.open(wait=True, timeout=15)
+    # Started like in the Nexus: they confirm the policy with PostgreSQL every second.
+    steady = PolicyAuthorizer(PolicyStore(pool), PolicySettings())
+    computed = PolicyAuthorizer(PolicyStore(pool), PolicySettings(decision_cache_size=0))
+    await steady.start()
+    await computed.start()
     try:
         async with pool.connection() as conn:
             await apply_migrations(conn, "nexus", load_migrations("datapunk_nexus.migrations"))
         await _store_policy(pool, workload)
-        steady = PolicyAuthorizer(PolicyStore(pool), PolicySettings())
-        computed = PolicyAuthorizer(PolicyStore(pool), PolicySettings(decision_cache_size=0))
         load_started = time.perf_counter()
         for tenant in workload.tenants:
             await steady.tenant_policy(tenant)
@@ -392,6 +395,8 @@ async def _measure(quick: bool) -> dict[str, Any]:
         )
         return results
     finally:
+        await steady.aclose()
+        await computed.aclose()
         await _drop_policy(pool, workload.tenants)
         await pool.close()
 
