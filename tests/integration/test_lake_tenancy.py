@@ -32,7 +32,7 @@ from datapunk.lake.v1 import (
     vectors_pb2,
     vectors_pb2_grpc,
 )
-from datapunk_lake.spatial.postgis import PostgisSpatialStore
+from datapunk_lake.spatial.postgis import PostgisSpatialStore, tenant_schema
 from datapunk_lake.spatial.servicer import SpatialServicer
 from datapunk_lake.timeseries.domain import FieldSpec, FieldType, RangeQuery, SeriesSchema
 from datapunk_lake.timeseries.questdb import QuestDBEngine
@@ -53,6 +53,7 @@ from datapunk_shared.rpc.client import error_from_rpc_error
 from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor
 from datapunk_shared.rpc.server import create_server
 from google.protobuf import duration_pb2, field_mask_pb2
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from tests.auth_support import issuer, tenant_caller
@@ -72,6 +73,7 @@ def _tenant(prefix: str) -> str:
 A = _tenant("a")
 B = _tenant("b-")  # a hyphen, to take that path too
 C = _tenant("c")
+FRESH = _tenant("fresh")  # never makes a layer: has no schema
 
 
 # ---- running calls as a tenant -------------------------------------------------------
@@ -208,6 +210,13 @@ async def lake(
         await verifier.aclose()
         await vectors.close()
         await engine.close()
+        async with pool.connection() as conn:  # the schemas this run's tenants got
+            for tenant in (A, B, C, FRESH):
+                await conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} RESTRICT").format(
+                        sql.Identifier(tenant_schema(tenant))
+                    )
+                )
         await pool.close()
 
 
@@ -1102,7 +1111,7 @@ async def test_another_tenants_layer_is_not_found_by_every_rpc(sstub: Stub) -> N
     c = AsTenant(sstub, C)
     own = _unique("own-")
     await c.CreateLayer(spatial_pb2.CreateLayerRequest(layer_id=own))
-    fresh = AsTenant(sstub, _tenant("fresh"))
+    fresh = AsTenant(sstub, FRESH)
 
     async def load(name: str) -> AsyncIterator[spatial_pb2.LoadFeaturesRequest]:
         yield spatial_pb2.LoadFeaturesRequest(
