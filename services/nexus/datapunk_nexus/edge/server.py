@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from datapunk_shared.auth.identity import Identity
 from datapunk_shared.config import RestEdgeSettings
 from datapunk_shared.errors import (
     DatapunkError,
@@ -48,8 +49,14 @@ from datapunk_nexus.edge.status import (
 )
 from datapunk_nexus.edge.template import TemplateError
 from datapunk_nexus.edge.transcode import decode_response, encode_request, parse_json_body
+from datapunk_nexus.identity.enforce import (
+    API_KEY_HEADER,
+    AccessGuard,
+    Caller,
+    StreamPermissions,
+    call_info,
+)
 from datapunk_nexus.policy import (
-    CallInfo,
     NoCache,
     OpenGate,
     RequestGate,
@@ -63,8 +70,9 @@ log = get_logger("datapunk.nexus.edge")
 
 REQUEST_ID = REQUEST_ID_KEY
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Request headers passed on to the backend as gRPC metadata.
-_FORWARDED_HEADERS = ("authorization", "x-api-key", "traceparent", "tracestate", "baggage")
+# Request headers passed on to the backend as gRPC metadata. The caller's credentials are
+# not among them: they stay here, and Nexus's own go instead (AccessGuard).
+_FORWARDED_HEADERS = ("traceparent", "tracestate", "baggage")
 _GRPC_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 NDJSON = "application/x-ndjson"
@@ -108,6 +116,7 @@ class _StreamState:
 
     failure: DatapunkError | None = None
     call: Any = None
+    permissions: StreamPermissions | None = None
     lines: int = field(default=0)
     completed: bool = False
 
@@ -149,8 +158,12 @@ class RestEdge:
         gate: RequestGate | None = None,
         cache: ResponseCache | None = None,
         owns_backends: bool = True,
+        guard: AccessGuard | None = None,
     ) -> None:
         self.settings = settings
+        # None only where an edge is tested without identities (transcoding tests);
+        # Nexus always passes its guard.
+        self.guard = guard
         self.table = table
         self.backends = backends
         self._owns_backends = owns_backends
@@ -238,6 +251,9 @@ class RestEdge:
         except DatapunkError as exc:
             # Retry-After and, for a rate limit, the RateLimit-* headers of a refusal.
             exchange.headers.update(rejection_headers(exc))
+            if exc.code == "UNAUTHENTICATED":  # RFC 6750 section 3
+                exchange.headers["WWW-Authenticate"] = 'Bearer realm="datapunk"'
+
             response = self._error(exchange, answer_for_error(exc))
         except grpc.aio.AioRpcError as exc:  # pragma: no cover - handled where calls are made
             response = self._error(exchange, answer_for_rpc_error(exc, backend="?", timeout=None))
@@ -399,9 +415,30 @@ class RestEdge:
             limit = client if limit is None else min(limit, client)
         return limit
 
-    def _metadata(self, exchange: _Exchange) -> tuple[tuple[str, str], ...]:
+    def _caller(self, exchange: _Exchange, route: Route) -> Caller:
+        headers = exchange.request.headers
+        return Caller(
+            method=route.grpc_method,
+            client_ip=exchange.client_ip,
+            request_id=exchange.request_id,
+            authorization=headers.get("Authorization"),
+            api_key=headers.get(API_KEY_HEADER),
+        )
+
+    async def _authenticate(self, caller: Caller) -> Identity | None:
+        return None if self.guard is None else await self.guard.authenticate(caller)
+
+    async def _authorize(self, caller: Caller, identity: Identity | None, request: bytes) -> None:
+        if self.guard is not None:
+            await self.guard.authorize_request(caller, identity, request)
+
+    def _metadata(
+        self, exchange: _Exchange, owner: str, identity: Identity | None
+    ) -> tuple[tuple[str, str], ...]:
         headers = exchange.request.headers
         pairs = [(REQUEST_ID, exchange.request_id)]
+        if self.guard is not None:
+            pairs.extend(self.guard.backend_metadata(owner, identity))
         for name in _FORWARDED_HEADERS:
             value = headers.get(name)
             if value is not None and value.isascii() and value.isprintable():
@@ -439,15 +476,22 @@ class RestEdge:
     ) -> web.StreamResponse:
         payload = await self._request_payload(exchange, route, values)
         timeout = self._timeout(exchange, route)
-        call = CallInfo(method=route.grpc_method, client_ip=exchange.client_ip, request=payload)
+        caller = self._caller(exchange, route)
+        identity = await self._authenticate(caller)
+        call = call_info(caller, identity, payload)
         async with self.gate.admit(call) as gate_headers:
             exchange.headers.update(gate_headers)
+            await self._authorize(caller, identity, payload)
             cacheable = self.cache.cacheable(route.grpc_method)
             data = await self.cache.get(call) if cacheable else None
             if data is None:
                 stub = self.backends.callable(route.owner, route.grpc_method, "unary_unary")
                 try:
-                    data = await stub(payload, timeout=timeout, metadata=self._metadata(exchange))
+                    data = await stub(
+                        payload,
+                        timeout=timeout,
+                        metadata=self._metadata(exchange, route.owner, identity),
+                    )
                 except grpc.aio.AioRpcError as exc:
                     return self._error(
                         exchange, answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
@@ -480,19 +524,19 @@ class RestEdge:
                     if not chunk:
                         line, pending = pending, b""
                         if line.strip():
-                            yield self._line_message(route, values, query, line, state)
+                            yield await self._line_message(route, values, query, line, state)
                         return
                     pending += chunk
                     continue
                 line, pending = pending[:newline], pending[newline + 1 :]
                 if line.strip():
-                    yield self._line_message(route, values, query, line, state)
+                    yield await self._line_message(route, values, query, line, state)
         except DatapunkError as exc:
             state.failure = exc
             if state.call is not None:
                 state.call.cancel()
 
-    def _line_message(
+    async def _line_message(
         self,
         route: Route,
         values: dict[str, str],
@@ -500,19 +544,28 @@ class RestEdge:
         line: bytes,
         state: _StreamState,
     ) -> bytes:
+        """One line's message, once the caller may send it (each line may name another
+        resource)."""
         state.lines += 1
         try:
-            return encode_request(route, values, query, parse_json_body(line))
+            message = encode_request(route, values, query, parse_json_body(line))
         except InvalidArgument as exc:
             exc.metadata["line"] = str(state.lines)
             raise
+        if state.permissions is not None:
+            await state.permissions.check(message)
+        return message
 
     async def _stream(
         self, exchange: _Exchange, route: Route, values: dict[str, str]
     ) -> web.StreamResponse:
         state = _StreamState()
         payload = b""
+        caller = self._caller(exchange, route)
+        identity = await self._authenticate(caller)
         if route.client_streaming:
+            if self.guard is not None:
+                state.permissions = self.guard.stream(caller, identity)
             requests: Any = self._ndjson_messages(exchange, route, values, state)
         else:
             payload = await self._request_payload(exchange, route, values)
@@ -522,10 +575,13 @@ class RestEdge:
             "stream" if route.server_streaming else "unary"
         )
         stub = self.backends.callable(route.owner, route.grpc_method, kind)
-        info = CallInfo(method=route.grpc_method, client_ip=exchange.client_ip, request=payload)
+        info = call_info(caller, identity, payload)
         async with self.gate.admit(info) as gate_headers:
             exchange.headers.update(gate_headers)
-            call = stub(requests, timeout=timeout, metadata=self._metadata(exchange))
+            if not route.client_streaming:
+                await self._authorize(caller, identity, payload)
+            metadata = self._metadata(exchange, route.owner, identity)
+            call = stub(requests, timeout=timeout, metadata=metadata)
             state.call = call
             if not route.server_streaming:
                 try:

@@ -9,6 +9,7 @@ from datapunk_shared.rpc.server import ServiceContext
 from datapunk_nexus.backends import Backends, backend_addresses
 from datapunk_nexus.edge.routes import default_descriptor_set, load_routes
 from datapunk_nexus.edge.server import RestEdge
+from datapunk_nexus.identity.enforce import AccessGuard
 from datapunk_nexus.policy import RequestGate, ResponseCache
 
 __all__ = ["rest_route_table", "start_rest_edge"]
@@ -25,6 +26,7 @@ async def start_rest_edge(
     gate: RequestGate | None = None,
     cache: ResponseCache | None = None,
     backends: Backends | None = None,
+    guard: AccessGuard | None = None,
 ) -> RestEdge | None:
     """Start the REST edge in this process's loop (unless disabled) and register its stop
     as a cleanup. ``gate`` and ``cache`` default to the open gate and no cache."""
@@ -38,7 +40,15 @@ async def start_rest_edge(
             backend_addresses(context.settings),
             max_message_bytes=context.service_settings.max_message_bytes,
         )
-    edge = RestEdge(settings, table, backends, gate=gate, cache=cache, owns_backends=owns_backends)
+    edge = RestEdge(
+        settings,
+        table,
+        backends,
+        gate=gate,
+        cache=cache,
+        owns_backends=owns_backends,
+        guard=guard,
+    )
     await edge.start()
     context.cleanups.append(edge.stop)
     return edge

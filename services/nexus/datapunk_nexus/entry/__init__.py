@@ -13,6 +13,7 @@ from datapunk_shared.rpc.server import ServiceContext
 
 from datapunk_nexus.backends import Backends
 from datapunk_nexus.entry.server import GrpcEntry
+from datapunk_nexus.identity.enforce import AccessGuard
 from datapunk_nexus.policy import NoCache, OpenGate, RequestGate, ResponseCache
 
 __all__ = ["GrpcEntry", "add_grpc_entry"]
@@ -24,6 +25,7 @@ async def add_grpc_entry(
     gate: RequestGate | None = None,
     cache: ResponseCache | None = None,
     backends: Backends | None = None,
+    guard: AccessGuard | None = None,
 ) -> GrpcEntry | None:
     """Start the entry with the service (unless ``[nexus.grpc_entry] enabled = false``);
     it stops, gracefully, with the service. ``gate`` and ``cache`` default to the open
@@ -31,7 +33,11 @@ async def add_grpc_entry(
     if not context.settings.nexus.grpc_entry.enabled:
         return None
     entry = GrpcEntry(
-        context.settings, gate=gate or OpenGate(), cache=cache or NoCache(), backends=backends
+        context.settings,
+        gate=gate or OpenGate(),
+        cache=cache or NoCache(),
+        backends=backends,
+        guard=guard,
     )
     await entry.start()
 

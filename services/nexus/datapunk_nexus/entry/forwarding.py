@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from datapunk_shared.auth.identity import Identity
 from datapunk_shared.errors import DatapunkError, Unimplemented
 
 from datapunk_nexus.backends import Backends
@@ -29,6 +31,13 @@ from datapunk_nexus.entry.metadata import (
     returned,
 )
 from datapunk_nexus.entry.routes import CallKind, Route, RouteTable
+from datapunk_nexus.identity.enforce import (
+    API_KEY_HEADER,
+    AccessGuard,
+    Caller,
+    StreamPermissions,
+    call_info,
+)
 from datapunk_nexus.policy import CallInfo, RequestGate, ResponseCache, rejection_headers
 
 __all__ = ["ForwardingHandler"]
@@ -38,6 +47,22 @@ Context = Any  # grpc.aio.ServicerContext[bytes, bytes]; its stubs do not fit ra
 
 # How many event-loop turns the end of a client stream waits before it is passed on.
 _SETTLE_TURNS = 3
+
+
+async def _permitted(requests: AsyncIterator[bytes], state: _StreamState) -> AsyncIterator[bytes]:
+    """The caller's messages, each passed on only once the caller may send it (each may
+    name another resource). The first refusal is kept and the backend call cancelled;
+    the handler then ends the call with that refusal."""
+    async for request in requests:
+        if state.permissions is not None:
+            try:
+                await state.permissions.check(request)
+            except DatapunkError as refused:
+                state.failure = refused
+                if state.call is not None:
+                    state.call.cancel()
+                raise asyncio.CancelledError from None
+        yield request
 
 
 async def _relayed(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -57,6 +82,15 @@ async def _relayed(requests: AsyncIterator[bytes], context: Context) -> AsyncIte
         raise asyncio.CancelledError
 
 
+@dataclass
+class _StreamState:
+    """A client stream's permission checks, their first refusal, and the backend call."""
+
+    permissions: StreamPermissions | None = None
+    failure: DatapunkError | None = None
+    call: Any = None
+
+
 class _Forwarder:
     """The handler behaviours of one route."""
 
@@ -68,10 +102,12 @@ class _Forwarder:
         cache: ResponseCache,
         fallback_timeout: float | None,
         registered: bool,
+        guard: AccessGuard | None,
     ) -> None:
         self.route = route
         self.gate = gate
         self.cache = cache
+        self.guard = guard
         self.fallback_timeout = fallback_timeout
         # The client side of the same kind, without serializers: bytes in, bytes out.
         # Methods of the descriptor set are registered with gRPC core once (cheaper calls).
@@ -79,14 +115,36 @@ class _Forwarder:
             route.method, _registered_method=registered
         )
 
-    def _begin(
-        self, context: Context, request: bytes
-    ) -> tuple[str, Metadata, float | None, CallInfo]:
-        incoming = context.invocation_metadata()
+    def _begin(self, context: Context) -> tuple[Caller, Metadata, float | None]:
+        incoming = context.invocation_metadata() or ()
         request_id = request_id_of(incoming) or new_request_id()
         timeout = DeadlinePolicy.timeout(context.time_remaining(), self.fallback_timeout)
-        call = CallInfo(self.route.method, client_ip(context.peer()), request=request)
-        return request_id, outgoing(incoming, request_id), timeout, call
+        credentials = {
+            key: value
+            for key, value in incoming
+            if key in ("authorization", API_KEY_HEADER) and isinstance(value, str)
+        }
+        caller = Caller(
+            method=self.route.method,
+            client_ip=client_ip(context.peer()),
+            request_id=request_id,
+            authorization=credentials.get("authorization"),
+            api_key=credentials.get(API_KEY_HEADER),
+        )
+        return caller, tuple(incoming), timeout
+
+    async def _admit(self, caller: Caller, request: bytes) -> tuple[Identity | None, CallInfo]:
+        """Authenticate the caller; the call as the gate and the cache see it."""
+        identity = None if self.guard is None else await self.guard.authenticate(caller)
+        return identity, call_info(caller, identity, request)
+
+    async def _authorize(self, caller: Caller, identity: Identity | None, request: bytes) -> None:
+        if self.guard is not None:
+            await self.guard.authorize_request(caller, identity, request)
+
+    def _outgoing(self, caller: Caller, incoming: Metadata, identity: Identity | None) -> Metadata:
+        own = () if self.guard is None else self.guard.backend_metadata(self.route.owner, identity)
+        return outgoing(incoming, caller.request_id, own)
 
     async def _send_headers(self, context: Context, call: Any, headers: Mapping[str, str]) -> None:
         """The backend's initial metadata plus the gate's headers, when there are any."""
@@ -95,9 +153,13 @@ class _Forwarder:
             await context.send_initial_metadata(returned(initial, None, headers))
 
     async def unary_unary(self, request: bytes, context: Context) -> bytes:
-        request_id, metadata, timeout, info = self._begin(context, request)
+        caller, incoming, timeout = self._begin(context)
+        request_id = caller.request_id
         try:
+            identity, info = await self._admit(caller, request)
             async with self.gate.admit(info) as headers:
+                await self._authorize(caller, identity, request)
+                metadata = self._outgoing(caller, incoming, identity)
                 cacheable = self.cache.cacheable(info.method)
                 if cacheable:
                     hit = await self.cache.get(info)
@@ -125,9 +187,13 @@ class _Forwarder:
             await abort_with_error(context, error, request_id, rejection_headers(error))
 
     async def unary_stream(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
-        request_id, metadata, timeout, info = self._begin(context, request)
+        caller, incoming, timeout = self._begin(context)
+        request_id = caller.request_id
         try:
+            identity, info = await self._admit(caller, request)
             async with self.gate.admit(info) as headers:
+                await self._authorize(caller, identity, request)
+                metadata = self._outgoing(caller, incoming, identity)
                 call = self._call(request, timeout=timeout, metadata=metadata)
                 try:
                     await self._send_headers(context, call, headers)
@@ -146,13 +212,22 @@ class _Forwarder:
             await abort_with_error(context, error, request_id, rejection_headers(error))
 
     async def stream_unary(self, requests: AsyncIterator[bytes], context: Context) -> bytes:
-        request_id, metadata, timeout, info = self._begin(context, b"")
+        caller, incoming, timeout = self._begin(context)
+        request_id = caller.request_id
         try:
+            identity, info = await self._admit(caller, b"")
             async with self.gate.admit(info) as headers:
-                call = self._call(_relayed(requests, context), timeout=timeout, metadata=metadata)
+                metadata = self._outgoing(caller, incoming, identity)
+                state = self._stream_state(caller, identity)
+                relayed = _relayed(_permitted(requests, state), context)
+                call = state.call = self._call(relayed, timeout=timeout, metadata=metadata)
                 try:
                     response: bytes = await call
-                except grpc.aio.AioRpcError as error:
+                except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                    if state.failure is not None:
+                        raise state.failure from None
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
                     await abort_with_backend_status(
                         context, error, self.route.owner, request_id, headers
                     )
@@ -168,16 +243,25 @@ class _Forwarder:
     async def stream_stream(
         self, requests: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[bytes]:
-        request_id, metadata, timeout, info = self._begin(context, b"")
+        caller, incoming, timeout = self._begin(context)
+        request_id = caller.request_id
         try:
+            identity, info = await self._admit(caller, b"")
             async with self.gate.admit(info) as headers:
-                call = self._call(_relayed(requests, context), timeout=timeout, metadata=metadata)
+                metadata = self._outgoing(caller, incoming, identity)
+                state = self._stream_state(caller, identity)
+                relayed = _relayed(_permitted(requests, state), context)
+                call = state.call = self._call(relayed, timeout=timeout, metadata=metadata)
                 try:
                     await self._send_headers(context, call, headers)
                     async for response in call:
                         yield response
                     trailing = await call.trailing_metadata()
-                except grpc.aio.AioRpcError as error:
+                except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                    if state.failure is not None:
+                        raise state.failure from None
+                    if isinstance(error, asyncio.CancelledError):
+                        raise
                     await abort_with_backend_status(
                         context, error, self.route.owner, request_id, headers
                     )
@@ -187,6 +271,11 @@ class _Forwarder:
                 await self.cache.after_call(info)
         except DatapunkError as error:
             await abort_with_error(context, error, request_id, rejection_headers(error))
+
+    def _stream_state(self, caller: Caller, identity: Identity | None) -> _StreamState:
+        if self.guard is None:
+            return _StreamState()
+        return _StreamState(permissions=self.guard.stream(caller, identity))
 
     def handler(self) -> grpc.RpcMethodHandler[bytes, bytes]:
         kind = self.route.kind
@@ -230,8 +319,10 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         gate: RequestGate,
         cache: ResponseCache,
         deadlines: DeadlinePolicy,
+        guard: AccessGuard | None = None,
     ) -> None:
         self._routes = routes
+        self._guard = guard
         self._backends = backends
         self._gate = gate
         self._cache = cache
@@ -264,4 +355,5 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             self._cache,
             self._deadlines.fallback(route),
             registered,
+            self._guard,
         )

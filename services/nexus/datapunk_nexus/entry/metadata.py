@@ -38,6 +38,11 @@ _HOP_BY_HOP = frozenset(
 )
 
 
+# The caller's credentials stay at the entry; Nexus sends its own and says on whose
+# behalf it calls (datapunk_nexus.identity.enforce).
+_CREDENTIALS = frozenset({"authorization", "x-api-key", "x-datapunk-on-behalf-of"})
+
+
 def _crosses(key: str) -> bool:
     return not (key in _HOP_BY_HOP or key.startswith((":", "grpc-")))
 
@@ -54,12 +59,19 @@ def new_request_id() -> str:
     return os.urandom(8).hex()
 
 
-def outgoing(metadata: Iterable[tuple[str, str | bytes]] | None, request_id: str) -> Metadata:
+def outgoing(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+    request_id: str,
+    credentials: Iterable[tuple[str, str]] = (),
+) -> Metadata:
     """The metadata to send to the backend: the caller's, minus hop-by-hop and reserved
-    headers, with exactly one ``x-request-id``."""
-    kept: list[tuple[str, str | bytes]] = [(REQUEST_ID_KEY, request_id)]
+    headers and minus its credentials, with exactly one ``x-request-id`` and Nexus's own
+    ``credentials``."""
+    kept: list[tuple[str, str | bytes]] = [(REQUEST_ID_KEY, request_id), *credentials]
     kept.extend(
-        (key, value) for key, value in metadata or () if key != REQUEST_ID_KEY and _crosses(key)
+        (key, value)
+        for key, value in metadata or ()
+        if key != REQUEST_ID_KEY and key not in _CREDENTIALS and _crosses(key)
     )
     return tuple(kept)
 

@@ -14,6 +14,7 @@ from datapunk_nexus.entry.deadlines import DeadlinePolicy
 from datapunk_nexus.entry.forwarding import ForwardingHandler
 from datapunk_nexus.entry.reflection import enable_reflection
 from datapunk_nexus.entry.routes import DEFAULT_DESCRIPTOR_SET, RouteTable, load_descriptor_set
+from datapunk_nexus.identity.enforce import AccessGuard
 from datapunk_nexus.policy import NoCache, OpenGate, RequestGate, ResponseCache
 
 __all__ = ["GrpcEntry"]
@@ -31,6 +32,7 @@ class GrpcEntry:
         gate: RequestGate | None = None,
         cache: ResponseCache | None = None,
         backends: Backends | None = None,
+        guard: AccessGuard | None = None,
     ) -> None:
         own = settings.nexus.grpc_entry
         files = load_descriptor_set(settings.nexus.descriptor_set or DEFAULT_DESCRIPTOR_SET)
@@ -55,6 +57,7 @@ class GrpcEntry:
                     gate or OpenGate(),
                     cache or NoCache(),
                     DeadlinePolicy(own.default_deadline, own.deadlines),
+                    guard,
                 ),
             )
         )

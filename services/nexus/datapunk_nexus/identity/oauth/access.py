@@ -63,23 +63,37 @@ class AccessTokenMinter:
 
     def mint(self, client: OAuthClient, scopes: Sequence[str], audience: str) -> AccessToken:
         """A new access token for ``client`` with ``scopes`` for ``audience``."""
-        now = math.floor(self._clock())
-        expires = now + max(1, math.floor(self._ttl))
-        jti = new_jti()
         claims: dict[str, Any] = {
-            "iss": self._issuer,
-            "sub": client.subject,
-            "aud": audience,
-            "exp": expires,
-            "nbf": now,
-            "iat": now,
-            "jti": jti,
             CLAIM_CLIENT_ID: client.client_id,
             CLAIM_TENANT: client.tenant,
             CLAIM_ROLES: sorted(client.roles),
         }
         if scopes:
             claims[CLAIM_SCOPE] = " ".join(scopes)
+        return self._mint(client.subject, audience, claims, tuple(scopes))
+
+    def mint_service(self, service: str, audience: str) -> AccessToken:
+        """A service token: Datapunk service ``service`` (``sub`` ``service:<service>``,
+        no tenant) calling the service whose audience is ``audience``. Only Nexus makes
+        these, for itself; no client can be issued one."""
+        return self._mint(f"service:{service}", audience, {}, ())
+
+    def _mint(
+        self, subject: str, audience: str, extra: dict[str, Any], scopes: tuple[str, ...]
+    ) -> AccessToken:
+        now = math.floor(self._clock())
+        expires = now + max(1, math.floor(self._ttl))
+        jti = new_jti()
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": subject,
+            "aud": audience,
+            "exp": expires,
+            "nbf": now,
+            "iat": now,
+            "jti": jti,
+            **extra,
+        }
         signer = self._signer()
         header = {"alg": signer.alg, "typ": ACCESS_TOKEN_TYPE, "kid": signer.kid}
         signing_input = f"{_segment(header)}.{_segment(claims)}"
@@ -89,7 +103,7 @@ class AccessTokenMinter:
             jti=jti,
             issued_at=now,
             expires_at=expires,
-            scopes=tuple(scopes),
+            scopes=scopes,
             audience=audience,
         )
 

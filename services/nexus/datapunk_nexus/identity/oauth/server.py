@@ -129,7 +129,8 @@ class AuthorizationServer:
         self.clients = clients
         self.refresh_tokens = refresh_tokens
         self.revocations = revocations
-        self._minter = minter
+        self.minter = minter
+        """Signs this server's access tokens (and Nexus's own service tokens)."""
         self._hasher = hasher
         self.ring = ring
         self.keys = RingKeySource(ring, issuer)
@@ -219,7 +220,7 @@ class AuthorizationServer:
     async def _client_credentials(self, client: OAuthClient, request: TokenRequest) -> TokenGrant:
         scopes = _granted_scopes(request.scopes, client.allowed_scopes)
         audience = self._audience(client, request.audience)
-        access = self._minter.mint(client, scopes, audience)
+        access = self.minter.mint(client, scopes, audience)
         issued = IssuedAccess(access.jti, access.expires_at)
         if not client.allow_refresh_tokens:
             async with connection(self._pool) as conn:
@@ -249,7 +250,7 @@ class AuthorizationServer:
         minted: list[AccessToken] = []
 
         async def mint(grant: RefreshGrant) -> IssuedAccess:
-            minted.append(self._minter.mint(client, scopes_for(grant), grant.audience))
+            minted.append(self.minter.mint(client, scopes_for(grant), grant.audience))
             return IssuedAccess(minted[0].jti, minted[0].expires_at)
 
         _, _, successor = await self.refresh_tokens.rotate(

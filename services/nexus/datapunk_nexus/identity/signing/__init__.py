@@ -18,6 +18,7 @@ from datapunk_nexus.identity.signing._backends import (
     StoredKey,
 )
 from datapunk_nexus.identity.signing._build import build_key_ring
+from datapunk_nexus.identity.signing._deferred import DeferredKeyRing
 from datapunk_nexus.identity.signing._jwk import ALG, thumbprint
 from datapunk_nexus.identity.signing._pkcs11 import Pkcs11Signer, Pkcs11Token
 from datapunk_nexus.identity.signing._ring import KeyState, SigningKeyInfo, SigningKeyRing
@@ -26,6 +27,7 @@ from datapunk_nexus.identity.signing._signer import Signer, SoftwareSigner
 __all__ = [
     "ALG",
     "BackendName",
+    "DeferredKeyRing",
     "KeyBackend",
     "KeyState",
     "NewKey",

@@ -1,0 +1,101 @@
+"""Wiring identity and access into the Nexus process: the signing keys, the OAuth
+authorization server, API keys, the policy, the audit trail and the ``AccessGuard`` both
+entries enforce with (docs/identity.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datapunk_shared.auth.verifiers import build_verifier
+from datapunk_shared.errors import NotFound
+from datapunk_shared.health import Prerequisite
+from datapunk_shared.rpc.server import ServiceContext
+from datapunk_shared.secrets import SecretProvider
+from psycopg_pool import AsyncConnectionPool
+
+from datapunk_nexus.contracts import load_contracts
+from datapunk_nexus.identity.api_keys import ApiKeys, add_api_key_service, load_api_keys
+from datapunk_nexus.identity.audit.servicer import add_audit_service
+from datapunk_nexus.identity.enforce import AccessGuard, EdgeAuthenticator
+from datapunk_nexus.identity.oauth import (
+    AuthorizationServer,
+    add_auth_service,
+    build_authorization_server,
+)
+from datapunk_nexus.identity.policy import Requirements, add_policy_service
+from datapunk_nexus.identity.service_tokens import ServiceTokens
+from datapunk_nexus.identity.signing import DeferredKeyRing, build_key_ring
+
+__all__ = ["AccessControl", "build_access_control"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccessControl:
+    """What the entries need: the guard, and the OAuth server for its HTTP endpoints."""
+
+    guard: AccessGuard
+    oauth: AuthorizationServer
+    api_keys: ApiKeys
+
+
+async def _optional_secret(secrets: SecretProvider, name: str) -> bytes | None:
+    if not name:
+        return None
+    try:
+        return await secrets.get(name)
+    except NotFound:
+        return None
+
+
+async def build_access_control(
+    context: ServiceContext, pool: AsyncConnectionPool, secrets: SecretProvider
+) -> AccessControl:
+    """Register AuthService, ApiKeyService, PolicyService and AuditService on the Nexus
+    server and build the guard. The signing keys need the migrations applied, so they
+    are loaded by a readiness prerequisite after them; until then, signing and serving
+    the JWKS fail with UNAVAILABLE (retryable) and the service is NOT_SERVING."""
+    settings = context.settings
+    auth = settings.nexus.auth
+    ring = DeferredKeyRing()
+
+    async def load_signing_keys() -> None:
+        if not ring.ready:
+            ring.set(await build_key_ring(settings, pool, secrets))
+
+    context.monitor_prerequisites.append(
+        Prerequisite("signing keys", "postgres", load_signing_keys)
+    )
+    context.cleanups.append(ring.aclose)
+
+    oauth = build_authorization_server(settings, pool, ring)
+    await oauth.start()
+    context.cleanups.append(oauth.stop)
+    add_auth_service(context, oauth)
+
+    api_keys = await load_api_keys(auth.api_keys, pool, secrets)
+    add_api_key_service(context, api_keys)
+    authorizer = await add_policy_service(context, pool)
+    audit = await add_audit_service(
+        context, chain_key=await _optional_secret(secrets, auth.audit.chain_key_secret)
+    )
+
+    verifier = build_verifier(
+        settings.auth,
+        service="nexus",
+        extra_audiences=[auth.oauth.audience],
+        oidc=auth.oidc,
+        nexus_keys=oauth.keys,
+        is_revoked=oauth.revocations.is_revoked,
+    )
+    context.cleanups.append(verifier.aclose)
+    guard = AccessGuard(
+        EdgeAuthenticator(
+            verifier, api_keys.authenticator, is_revoked=oauth.revocations.is_revoked
+        ),
+        authorizer,
+        Requirements(settings.nexus.descriptor_set),
+        audit,
+        ServiceTokens(oauth.minter, settings.auth.audience),
+        load_contracts(settings.nexus.descriptor_set).pool,
+    )
+    return AccessControl(guard=guard, oauth=oauth, api_keys=api_keys)
