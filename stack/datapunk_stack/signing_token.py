@@ -24,6 +24,7 @@ from datapunk_shared.config import Settings
 from datapunk_shared.secrets import FileSecretProvider
 
 from datapunk_stack.layout import Layout, StackError
+from datapunk_stack.stack_secrets import ensure_stack_secrets
 
 __all__ = ["SO_PIN_SECRET", "nexus_environment"]
 
@@ -52,6 +53,7 @@ def nexus_environment(settings: Settings, layout: Layout) -> dict[str, str]:
         return {}
     directory = layout.data_dir / "secrets"
     _private_dir(directory)
+    ensure_stack_secrets(settings, directory)
     env = {"DATAPUNK_SECRETS__PROVIDER": "file", "DATAPUNK_SECRETS__DIRECTORY": str(directory)}
     signing = settings.nexus.auth.signing
     if (

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datapunk_shared.auth.verifiers import build_verifier
 from datapunk_shared.errors import NotFound
 from datapunk_shared.health import Prerequisite
+from datapunk_shared.logging import get_logger
 from datapunk_shared.rpc.server import ServiceContext
 from datapunk_shared.secrets import SecretProvider
 from psycopg_pool import AsyncConnectionPool
@@ -27,6 +28,8 @@ from datapunk_nexus.identity.service_tokens import ServiceTokens
 from datapunk_nexus.identity.signing import DeferredKeyRing, build_key_ring
 
 __all__ = ["AccessControl", "build_access_control"]
+
+log = get_logger("datapunk.nexus.identity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,22 @@ async def build_access_control(
 
     api_keys = await load_api_keys(auth.api_keys, pool, secrets)
     add_api_key_service(context, api_keys)
+    bootstrap = auth.api_keys.bootstrap_secret
+
+    async def ensure_bootstrap_key() -> None:
+        presented = await _optional_secret(secrets, bootstrap or "")
+        if presented is not None:
+            created = await api_keys.manager.ensure_bootstrap_key(
+                presented.decode().strip(),
+                tenant=settings.auth.default_tenant,
+                roles=("admin",),
+            )
+            if created:
+                log.info("bootstrap admin key created", tenant=settings.auth.default_tenant)
+
+    context.monitor_prerequisites.append(
+        Prerequisite("bootstrap admin key", "postgres", ensure_bootstrap_key)
+    )
     authorizer = await add_policy_service(context, pool)
     audit = await add_audit_service(
         context, chain_key=await _optional_secret(secrets, auth.audit.chain_key_secret)

@@ -17,7 +17,12 @@ from datapunk_shared.errors import (
 
 from datapunk_nexus.identity.api_keys.domain import ApiKey, ApiKeyPage, IssuedApiKey, KeyState
 from datapunk_nexus.identity.api_keys.hashing import SecretHasher
-from datapunk_nexus.identity.api_keys.key_format import format_api_key, new_key_id, new_secret
+from datapunk_nexus.identity.api_keys.key_format import (
+    format_api_key,
+    new_key_id,
+    new_secret,
+    parse_api_key,
+)
 from datapunk_nexus.identity.api_keys.store import PostgresApiKeyStore
 
 __all__ = ["MAX_GRACE_PERIOD", "ApiKeyManager", "utc_now"]
@@ -164,6 +169,33 @@ class ApiKeyManager:
                 continue
             return IssuedApiKey(key, format_api_key(key_id, secret))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ensure_bootstrap_key(
+        self, presented: str, *, tenant: str, roles: Iterable[str]
+    ) -> bool:
+        """Make sure the key ``presented`` (a full ``dpk_`` key the operator generated,
+        such as the one ``datapunk up`` keeps in its secrets) exists, with ``roles`` in
+        ``tenant``: the first credential of a new installation, from which every other
+        one is made through the API. Returns whether it was created now; a key with the
+        same id that exists already (made by an earlier start or another instance) is
+        left as it is, revoked or not."""
+        parsed = parse_api_key(presented)
+        if await self._store.lookup(parsed.key_id) is not None:
+            return False
+        key = ApiKey(
+            id=parsed.key_id,
+            tenant=tenant,
+            name="bootstrap administrator",
+            roles=_distinct(roles),
+            scopes=(),
+            created_by="datapunk:bootstrap",
+            create_time=self._clock(),
+        )
+        try:
+            await self._store.insert(key, self._hasher.digest(parsed.key_id, parsed.secret))
+        except AlreadyExists:
+            return False
+        return True
 
     async def get(self, caller: Identity, key_id: str) -> ApiKey:
         return await self._store.get(_tenant_of(caller), key_id)
