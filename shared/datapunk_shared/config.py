@@ -511,6 +511,11 @@ class OidcSettings(_Strict):
 class ApiKeySettings(_Strict):
     """API keys: how they are hashed and how long they live."""
 
+    bootstrap_secret: SecretName | None = "nexus/bootstrap-admin-key"
+    """The secret holding a full API key (``dpk_…``) that Nexus makes sure exists, with the
+    ``admin`` role of ``auth.default_tenant``: the first credential of a new installation
+    (``datapunk up`` generates it once into its secrets). Nothing is created while the
+    secret is not set; unset the name to never create one."""
     pepper_secret: SecretName = "nexus/api-key-pepper"
     """The name, in the secret provider, of the server secret (at least 32 bytes) that keys
     the HMAC-SHA-256 of every key's secret, so that a copy of the database alone cannot
