@@ -19,13 +19,21 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from datapunk_nexus.identity.api_keys.key_format import format_api_key, new_key_id, new_secret
 from datapunk_nexus.identity.signing import SoftwareSigner
 from datapunk_shared.auth.identity import Identity
 from datapunk_shared.auth.interceptor import AUTHORIZATION_KEY, ON_BEHALF_KEY, encode_on_behalf
 
 from tests.token_kit import b64, b64json
 
-__all__ = ["TestIssuer", "authed_channel", "env_with_issuer", "issuer", "tenant_caller"]
+__all__ = [
+    "TestIssuer",
+    "authed_channel",
+    "entry_channel",
+    "env_with_issuer",
+    "issuer",
+    "tenant_caller",
+]
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -44,6 +52,9 @@ class TestIssuer:
         )
         self.signer = SoftwareSigner(private)
         self.pepper = secrets.token_bytes(32)
+        # The bootstrap administrator of every test Nexus (admin of the default tenant):
+        # calls through a Nexus entry present it as ``x-api-key``.
+        self.admin_key = format_api_key(new_key_id(), new_secret())
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -81,6 +92,7 @@ class TestIssuer:
             "DATAPUNK_NEXUS__AUTH__SIGNING__BACKEND": "software",
             "DATAPUNK_SECRET_NEXUS__SIGNING_KEY": self.pem.decode(),
             "DATAPUNK_SECRET_NEXUS__API_KEY_PEPPER": self.pepper.hex(),
+            "DATAPUNK_SECRET_NEXUS__BOOTSTRAP_ADMIN_KEY": self.admin_key,
         }
 
     def token(
@@ -174,6 +186,20 @@ def authed_channel(
     metadata = issuer().metadata(service, on_behalf)
     return grpc.aio.insecure_channel(
         address, options=options, interceptors=[_AddMetadata(metadata)]
+    )
+
+
+def entry_channel(
+    address: str,
+    *,
+    api_key: str | None = None,
+    options: Sequence[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
+    """A channel to a Nexus gRPC entry whose calls carry an API key (by default the
+    test Nexus's bootstrap administrator, admin of the default tenant)."""
+    key = api_key if api_key is not None else issuer().admin_key
+    return grpc.aio.insecure_channel(
+        address, options=options, interceptors=[_AddMetadata((("x-api-key", key),))]
     )
 
 

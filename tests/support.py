@@ -16,6 +16,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.auth_support import issuer
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -88,6 +90,9 @@ def run_service(
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path / f"{name}-{port}.log"
     env = {
+        # Every service trusts the suite's test issuer, and a Nexus signs as it
+        # (tests/auth_support.py); calls carry its tokens (authed_channel).
+        **issuer().env(),
         "DATAPUNK_LAKE__VECTORS__PATH": str(tmp_path / "vectors"),
         # A Nexus's gRPC entry and REST edge get free ports, never the stack's 50050/8080.
         "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(free_port()),

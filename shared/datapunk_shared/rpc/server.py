@@ -18,6 +18,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from psycopg_pool import AsyncConnectionPool
 
+from datapunk_shared.auth.interceptor import CallerAuthenticator
+from datapunk_shared.auth.verifiers import build_verifier
 from datapunk_shared.config import ServiceSettings, Settings, load_settings
 from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.errors import ConfigError
@@ -134,10 +136,14 @@ async def serve(
     tracing = server_tracing_interceptor(spec.name, settings.tracing)
     if tracing is not None:
         interceptors.append(tracing)
+    # Every call but health, reflection and status must carry a token Nexus signed for
+    # this service (docs/identity.md); its keys come from Nexus's JWKS when first needed.
+    verifier = build_verifier(settings.auth, service=spec.name)
     edges = DatapunkServerInterceptor(
         spec.name,
         access_log=settings.log.access_log,
         slow_call_seconds=settings.log.slow_call_ms / 1000,
+        authenticator=CallerAuthenticator(verifier),
     )
     server, port = create_server(
         f"{own.host}:{own.port}",
@@ -151,6 +157,7 @@ async def serve(
         raise PortInUse(f"cannot serve metrics on {own.host}:{own.metrics_port}: {exc}") from None
 
     context = ServiceContext(settings=settings, service_settings=own, server=server)
+    context.cleanups.append(verifier.aclose)
     if spec.setup is not None:
         await spec.setup(context)
 
