@@ -305,6 +305,13 @@ def ext_authz_filter() -> Json:
             failure_mode_allow=False,
             status_on_error={"code": "ServiceUnavailable"},
             include_peer_certificate=True,
+            # The transcoder ran first: the body is the gRPC-framed request, whose fields
+            # name the resource the permission is about.
+            with_request_body={
+                "max_request_bytes": 65536,
+                "allow_partial_message": True,
+                "pack_as_bytes": True,
+            },
         ),
     }
 
@@ -577,23 +584,21 @@ def sidecar_ports(app_port: int) -> tuple[int, int, int]:
 def sidecar(
     owner: str, services: Sequence[Service], addresses: dict[str, tuple[str, int]], opt: Options
 ) -> Json:
-    """Inbound: the mesh -> this service (ext_authz for Lake and Stream; Nexus is the
-    authorizer). Outbound: this service -> the other services' sidecars, with retries,
-    circuit breakers and outlier detection. No rate limit inside the mesh."""
+    """Inbound: the mesh -> this service. Outbound: this service -> the other services'
+    sidecars, with retries, circuit breakers and outlier detection. No rate limit and no
+    ext_authz inside the mesh: every service checks its callers' tokens itself (the
+    shared interceptor), and the edge's Check already decided for the end user."""
     host, app_port = addresses[owner]
     inbound_port, outbound_port, admin_port = sidecar_ports(app_port)
     local = f"local_{owner}"
     own = [s for s in services if s.owner == owner]
     others = sorted(o for o in addresses if o != owner)
 
-    authz = owner != "nexus"  # Nexus is the authorizer: it cannot ask itself
     health_route: Json = {
         "name": HEALTH_SERVICE,
         "match": {"prefix": f"/{HEALTH_SERVICE}/", "grpc": {}},
         "route": {"cluster": local, "timeout": "5s"},
     }
-    if authz:  # the other sidecars' health checks carry no credentials
-        health_route["typed_per_filter_config"] = EXT_AUTHZ_DISABLED
     inbound_routes = [health_route]
     if owner == "nexus":
         inbound_routes += [
@@ -605,15 +610,14 @@ def sidecar(
             for name in NEXUS_ENVOY_SERVICES
         ]
     inbound_routes += grpc_routes(own, {owner: local}, retry_policy=LOCAL_RETRY_POLICY)
-    inbound_routes.append(not_found_route(authz=authz))
-    inbound_filters = [ext_authz_filter()] if authz else []
+    inbound_routes.append(not_found_route(authz=False))
     inbound = http_listener(
         "inbound",
         socket(opt.listen_address, inbound_port),
         http_connection_manager(
             f"inbound_{owner}",
             single_host_routes("inbound", owner, inbound_routes),
-            [*inbound_filters, router_filter()],
+            [router_filter()],
             edge=False,
         ),
     )

@@ -10,6 +10,7 @@ from datapunk_nexus.backends import Backends, backend_addresses
 from datapunk_nexus.cache.servicer import add_cache_service
 from datapunk_nexus.edge import start_rest_edge
 from datapunk_nexus.entry import add_grpc_entry
+from datapunk_nexus.envoy_services.authz import add_authorization_service
 from datapunk_nexus.envoy_services.ratelimit import add_rate_limit_service
 from datapunk_nexus.identity.oauth import oauth_http_routes
 from datapunk_nexus.identity.setup import build_access_control
@@ -41,6 +42,7 @@ async def _setup(context: ServiceContext) -> None:
     context.cleanups.append(backends.close)
     add_cache_service(context, cache)
     add_rate_limit_service(context, gate)
+    add_authorization_service(context, access.guard)
     await add_grpc_entry(context, gate=gate, cache=cache, backends=backends, guard=access.guard)
     edge = await start_rest_edge(
         context, gate=gate, cache=cache, backends=backends, guard=access.guard
