@@ -29,6 +29,7 @@ from tests.token_kit import b64, b64json
 __all__ = [
     "TestIssuer",
     "authed_channel",
+    "authed_sync_channel",
     "entry_channel",
     "env_with_issuer",
     "issuer",
@@ -140,12 +141,7 @@ def issuer() -> TestIssuer:
     return _issuer
 
 
-class _AddMetadata(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _AddMetadata:
     """Adds fixed metadata to every call of a channel (before the call's own)."""
 
     def __init__(self, metadata: Metadata) -> None:
@@ -161,17 +157,33 @@ class _AddMetadata(
             details.wait_for_ready,
         )
 
+
+class _AddToUnaryUnary(_AddMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _AddToUnaryStream(_AddMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _AddToStreamUnary(_AddMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
 
+
+class _AddToStreamStream(_AddMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         return await continuation(self._details(details), requests)
+
+
+def _adding(metadata: Metadata) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that add ``metadata`` to every kind of call. One per kind: grpc.aio
+    files an interceptor under the first kind it implements only (unary-unary), so a
+    single object implementing all four would never see a streaming call."""
+    kinds = (_AddToUnaryUnary, _AddToUnaryStream, _AddToStreamUnary, _AddToStreamStream)
+    return [kind(metadata) for kind in kinds]
 
 
 def authed_channel(
@@ -184,8 +196,60 @@ def authed_channel(
     """A channel to ``service`` at ``address`` whose calls carry a Nexus service token
     (and the caller Nexus acts for, when given)."""
     metadata = issuer().metadata(service, on_behalf)
-    return grpc.aio.insecure_channel(
-        address, options=options, interceptors=[_AddMetadata(metadata)]
+    return grpc.aio.insecure_channel(address, options=options, interceptors=_adding(metadata))
+
+
+class _SyncCallDetails(grpc.ClientCallDetails):
+    """A call's details with more metadata (grpc leaves this class to its users)."""
+
+    def __init__(self, details: grpc.ClientCallDetails, metadata: Metadata) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = (*metadata, *(details.metadata or ()))
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _AddSyncMetadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """``_AddMetadata`` for a synchronous channel."""
+
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _SyncCallDetails(details, self._metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def authed_sync_channel(
+    address: str,
+    service: str = "lake",
+    *,
+    on_behalf: Identity | None = None,
+    options: Sequence[tuple[str, Any]] | None = None,
+) -> grpc.Channel:
+    """``authed_channel`` for synchronous code: a ``grpc.Channel`` to ``service`` at
+    ``address`` whose calls carry a Nexus service token (and the caller it acts for)."""
+    metadata = issuer().metadata(service, on_behalf)
+    return grpc.intercept_channel(
+        grpc.insecure_channel(address, options=options), _AddSyncMetadata(metadata)
     )
 
 
@@ -199,7 +263,7 @@ def entry_channel(
     test Nexus's bootstrap administrator, admin of the default tenant)."""
     key = api_key if api_key is not None else issuer().admin_key
     return grpc.aio.insecure_channel(
-        address, options=options, interceptors=[_AddMetadata((("x-api-key", key),))]
+        address, options=options, interceptors=_adding((("x-api-key", key),))
     )
 
 
