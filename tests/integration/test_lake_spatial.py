@@ -33,6 +33,7 @@ from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor
 from datapunk_shared.rpc.server import create_server
 from psycopg_pool import AsyncConnectionPool
 
+from tests.auth_support import authed_channel, authed_sync_channel, tenant_caller
 from tests.support import CONNECTION_LOST_CODES, RunningService, free_port, run_service, wait_until
 
 MAX_PAYLOAD = 4096
@@ -54,11 +55,22 @@ def _lake_env(pg_url: str) -> dict[str, str]:
     }
 
 
+def _channel(address: str) -> grpc.aio.Channel:
+    """A channel to the Lake whose calls arrive as Nexus forwards those of a client of the
+    tenant ``default`` (whose objects keep their plain engine names)."""
+    return authed_channel(address, "lake", on_behalf=tenant_caller("default"))
+
+
+def _sync_channel(address: str) -> grpc.Channel:
+    """``_channel`` for synchronous code."""
+    return authed_sync_channel(address, "lake", on_behalf=tenant_caller("default"))
+
+
 def _wait_for_schema(address: str) -> None:
     """The Lake applies its migrations once PostgreSQL answers; wait for that."""
 
     def ready() -> bool:
-        with grpc.insecure_channel(address) as channel:
+        with _sync_channel(address) as channel:
             stub = spatial_pb2_grpc.SpatialServiceStub(channel)
             try:
                 stub.ListLayers(spatial_pb2.ListLayersRequest(page_size=1), timeout=5)
@@ -80,7 +92,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Runn
 
 @pytest.fixture
 async def stub(lake: RunningService) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(lake.address) as channel:
+    async with _channel(lake.address) as channel:
         yield spatial_pb2_grpc.SpatialServiceStub(channel)
 
 
@@ -792,7 +804,7 @@ async def test_kill_9_during_a_bulk_load_loses_no_acknowledged_feature(
     batches = batches_of(layer, 60, batch_size, tag="k")
     with run_service("lake", tmp_path, _lake_env(pg_url)) as victim:
         _wait_for_schema(victim.address)
-        async with grpc.aio.insecure_channel(victim.address) as channel:
+        async with _channel(victim.address) as channel:
             load = spatial_pb2_grpc.SpatialServiceStub(channel).LoadFeatures(_send(batches))
 
             def kill_after_eight(acks: list[int]) -> None:

@@ -6,8 +6,8 @@ The Lake's real servicers and stores run in this process behind the real service
 ``CallerAuthenticator`` with the real token verifier, trusting the suite's test issuer
 (``tests.auth_support``). A call runs as a tenant the way production does it: Nexus's
 service token plus the caller it acts for (``AsTenant(stub, tenant)``). Direct store calls
-set ``identity_var`` with ``acting_as``. A real ``datapunk-lake`` process without
-authentication shows that the default tenant's path is unchanged."""
+set ``identity_var`` with ``acting_as``. A real ``datapunk-lake`` process, called for a
+client of the tenant ``default``, shows that the default tenant's path is unchanged."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from tests.auth_support import issuer, tenant_caller
+from tests.auth_support import authed_channel, issuer, tenant_caller
 from tests.support import run_service, wait_until
 
 Stub = Any  # the generated stubs are untyped
@@ -1186,7 +1186,7 @@ async def test_spatial_store_calls_follow_identity_var(lake: TenantLake) -> None
             await store.delete_layer(layer_id)
 
 
-# ---- the default tenant, in a real Lake without authentication ---------------------
+# ---- the default tenant, in a real Lake process ------------------------------------
 
 
 def _lake_env(settings: Settings, vectors: Path) -> dict[str, str]:
@@ -1211,7 +1211,7 @@ async def _ready(call: Callable[[], Awaitable[Any]]) -> None:
     raise TimeoutError("the Lake did not get ready")
 
 
-async def test_the_default_tenant_keeps_plain_names_in_a_lake_without_authentication(
+async def test_the_default_tenant_keeps_plain_names_in_a_lake_process(
     tmp_path: Path,
     settings: Settings,
     tstub: Stub,
@@ -1224,7 +1224,9 @@ async def test_the_default_tenant_keeps_plain_names_in_a_lake_without_authentica
     collection = _unique("dflt-")
     vectors = tmp_path / "vectors"
     with run_service("lake", tmp_path, _lake_env(settings, vectors)) as service:
-        async with grpc.aio.insecure_channel(service.address) as channel:
+        # Nexus forwarding the calls of a client of the tenant "default".
+        default_client = tenant_caller("default")
+        async with authed_channel(service.address, "lake", on_behalf=default_client) as channel:
             plain_t = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
             plain_s = spatial_pb2_grpc.SpatialServiceStub(channel)
             plain_v = vectors_pb2_grpc.VectorServiceStub(channel)

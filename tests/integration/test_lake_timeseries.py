@@ -33,6 +33,7 @@ from datapunk_shared.errors import (
 from datapunk_shared.rpc.client import error_from_rpc_error
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
+from tests.auth_support import authed_channel, authed_sync_channel, tenant_caller
 from tests.support import CONNECTION_LOST_CODES, RunningService, free_port, run_service, wait_until
 
 Stub = Any  # the generated stubs are untyped
@@ -58,6 +59,17 @@ def _lake_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def _channel(address: str) -> grpc.aio.Channel:
+    """A channel to the Lake whose calls arrive as Nexus forwards those of a client of the
+    tenant ``default`` (whose objects keep their plain engine names)."""
+    return authed_channel(address, "lake", on_behalf=tenant_caller("default"))
+
+
+def _sync_channel(address: str) -> grpc.Channel:
+    """``_channel`` for synchronous code."""
+    return authed_sync_channel(address, "lake", on_behalf=tenant_caller("default"))
+
+
 @pytest.fixture(scope="module")
 def lake(
     tmp_path_factory: pytest.TempPathFactory, ts_settings: Settings
@@ -68,7 +80,7 @@ def lake(
 
 @pytest.fixture
 async def stub(lake: RunningService) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(lake.address) as channel:
+    async with _channel(lake.address) as channel:
         yield timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
 
 
@@ -616,7 +628,7 @@ async def test_downsampling_rules(
             return {}
         return _columns(response.rows)
 
-    with grpc.insecure_channel(lake.address) as channel:
+    with _sync_channel(lake.address) as channel:
         wait_until(lambda: len(view_rows().get("ts", [])) == 3, timeout=30, interval=0.2)
         rows = view_rows()
     assert sorted(zip(rows["host"], rows["avg_usage"], strict=True)) == [
@@ -863,7 +875,7 @@ async def test_questdb_down_is_unavailable_and_nothing_is_acknowledged(
         DATAPUNK_LAKE__TIMESERIES__WRITE_RETRY_TIMEOUT="0.2",
     )
     with run_service("lake", tmp_path, env) as broken:
-        async with grpc.aio.insecure_channel(broken.address) as channel:
+        async with _channel(broken.address) as channel:
             broken_stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
             error = await _fails(
                 broken_stub.WriteRows(
@@ -883,7 +895,7 @@ async def test_questdb_down_is_unavailable_and_nothing_is_acknowledged(
         DATAPUNK_ENGINES__QUESTDB__PG_URL=f"postgresql://admin:quest@127.0.0.1:{dead}/qdb",
     )
     with run_service("lake", tmp_path, env) as broken:
-        async with grpc.aio.insecure_channel(broken.address) as channel:
+        async with _channel(broken.address) as channel:
             broken_stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
             error = await _fails(
                 broken_stub.WriteRows(
@@ -918,7 +930,7 @@ def test_kill_9_during_a_bulk_load_loses_no_acknowledged_row_and_duplicates_none
 
     acked: list[int] = []
     with run_service("lake", tmp_path, env) as lake_service:
-        with grpc.insecure_channel(lake_service.address) as channel:
+        with _sync_channel(lake_service.address) as channel:
             sync_stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
             sync_stub.CreateSeries(
                 pb.CreateSeriesRequest(series_id=series_id, series=_cpu_series())
@@ -961,7 +973,7 @@ def test_kill_9_during_a_bulk_load_loses_no_acknowledged_row_and_duplicates_none
     # acknowledged batch too) through a restarted Lake: no row is written twice.
     with (
         run_service("lake", tmp_path, env) as lake_service,
-        grpc.insecure_channel(lake_service.address) as channel,
+        _sync_channel(lake_service.address) as channel,
     ):
         sync_stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
         resent = list(

@@ -23,6 +23,7 @@ from datapunk_shared.errors import DatapunkError
 from datapunk_shared.rpc.client import error_from_rpc_error
 from google.protobuf import timestamp_pb2
 
+from tests.auth_support import authed_channel, tenant_caller
 from tests.support import CONNECTION_LOST_CODES, RunningService, run_service, wait_until
 
 T = TypeVar("T")
@@ -45,6 +46,12 @@ def _lake_env(vectors: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _channel(address: str) -> grpc.aio.Channel:
+    """A channel to the Lake whose calls arrive as Nexus forwards those of a client of the
+    tenant ``default`` (whose objects keep their plain engine names)."""
+    return authed_channel(address, "lake", on_behalf=tenant_caller("default"))
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
     tmp = tmp_path_factory.mktemp("lake-vectors")
@@ -54,7 +61,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
 
 @pytest.fixture
 async def stub(lake: RunningService) -> AsyncIterator[Any]:
-    async with grpc.aio.insecure_channel(lake.address) as channel:
+    async with _channel(lake.address) as channel:
         yield pb_grpc.VectorServiceStub(channel)
 
 
@@ -766,7 +773,7 @@ async def test_optimize_while_writing_and_restart_keeps_everything(tmp_path: Pat
     name = _name()
     coll = f"collections/{name}"
     with run_service("lake", tmp_path, env) as lake:
-        async with grpc.aio.insecure_channel(lake.address) as channel:
+        async with _channel(lake.address) as channel:
             stub = pb_grpc.VectorServiceStub(channel)
             await _create(
                 stub, name, payload_fields=[], hnsw=pb.HnswConfig(full_scan_threshold_kb=1)
@@ -792,7 +799,7 @@ async def test_optimize_while_writing_and_restart_keeps_everything(tmp_path: Pat
             )
             assert found.points[0].id.num == 2999
     with run_service("lake", tmp_path, env) as lake:
-        async with grpc.aio.insecure_channel(lake.address) as channel:
+        async with _channel(lake.address) as channel:
             stub = pb_grpc.VectorServiceStub(channel)
             got = (await stub.GetCollection(pb.GetCollectionRequest(name=coll))).collection
             assert got.hnsw.full_scan_threshold_kb == 1
@@ -813,7 +820,7 @@ async def test_background_optimizer_indexes_after_writes_pause(tmp_path: Path) -
     name = _name()
     coll = f"collections/{name}"
     with run_service("lake", tmp_path, env) as lake:
-        async with grpc.aio.insecure_channel(lake.address) as channel:
+        async with _channel(lake.address) as channel:
             stub = pb_grpc.VectorServiceStub(channel)
             await _create(
                 stub, name, payload_fields=[], hnsw=pb.HnswConfig(full_scan_threshold_kb=1)
@@ -845,7 +852,7 @@ async def test_kill_9_during_bulk_load_loses_no_acknowledged_point(tmp_path: Pat
     coll = f"collections/{name}"
     acknowledged = 0
     with run_service("lake", tmp_path, env) as lake:
-        async with grpc.aio.insecure_channel(lake.address) as channel:
+        async with _channel(lake.address) as channel:
             stub = pb_grpc.VectorServiceStub(channel)
             await _create(stub, name, payload_fields=[])
             code = grpc.StatusCode.OK
@@ -860,7 +867,7 @@ async def test_kill_9_during_bulk_load_loses_no_acknowledged_point(tmp_path: Pat
         lake.process.wait(10)
     assert 10_000 <= acknowledged < 50_000
     with run_service("lake", tmp_path, env) as lake:
-        async with grpc.aio.insecure_channel(lake.address) as channel:
+        async with _channel(lake.address) as channel:
             stub = pb_grpc.VectorServiceStub(channel)
             stored = await _count(stub, name)
             ids: list[int] = []
