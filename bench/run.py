@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "edge": "bench.edge",
     "grpc_entry": "bench.grpc_entry",
     "limits": "bench.limits",
+    "audit": "bench.audit",
     "api_keys": "bench.api_keys",
     "policy": "bench.policy",
 }

@@ -1,0 +1,181 @@
+"""``AuditLog.record``: the edges' way into the trail, failing closed and cheap under load.
+
+Records are committed in batches by one writer task (group commit): a record that
+arrives while a batch is committing waits for the next batch, so a busy edge pays one
+transaction for many calls while a lone call pays one transaction for itself. Each
+caller waits for its own record's commit; a record not committed within
+``write_timeout`` — PostgreSQL down, hung or refusing — makes ``record`` raise
+``Unavailable`` (reason AUDIT_UNAVAILABLE), and the caller refuses its request. After a
+failed batch, records are refused at once for ``retry_interval`` rather than each waiting
+the full timeout.
+
+A record whose caller gave up (timed out or was cancelled) before its batch was taken is
+dropped; one whose batch was already being written may still be committed: the trail
+then holds a record of a call that was refused, never a call without a record."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from datapunk_shared.config import AuditSettings
+from datapunk_shared.errors import Unavailable
+from datapunk_shared.logging import get_logger
+
+from datapunk_nexus.identity.audit.events import AuditEvent, clean_event
+from datapunk_nexus.identity.audit.store import audit_unavailable
+from datapunk_nexus.identity.audit.writer import ChainWriter
+
+__all__ = ["AuditLog"]
+
+log = get_logger("datapunk.nexus.audit")
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: AuditEvent
+    done: asyncio.Future[None]
+    abandoned: bool = False
+
+
+class AuditLog:
+    """Writes audit records through a ``ChainWriter``; see the module's description."""
+
+    def __init__(
+        self,
+        writer: ChainWriter,
+        *,
+        write_timeout: float = 2.0,
+        retry_interval: float = 1.0,
+        max_batch: int = 500,
+        linger: float = 0.0,
+        max_pending: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.writer = writer
+        self._write_timeout = write_timeout
+        self._retry_interval = retry_interval
+        self._max_batch = max_batch
+        self._linger = linger
+        self._max_pending = max_pending
+        self._clock = clock
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._down_until = 0.0
+        self._closed = False
+        self.batches = 0
+        """Transactions committed so far (for tests and benchmarks)."""
+
+    @classmethod
+    def from_settings(cls, writer: ChainWriter, settings: AuditSettings) -> AuditLog:
+        return cls(
+            writer,
+            write_timeout=settings.write_timeout,
+            retry_interval=settings.retry_interval,
+            max_batch=settings.max_batch,
+            linger=settings.linger,
+            max_pending=settings.max_pending,
+        )
+
+    async def record(self, event: AuditEvent) -> None:
+        """Write ``event`` and return once it is committed; ``Unavailable`` (reason
+        AUDIT_UNAVAILABLE) when that cannot happen within ``write_timeout``."""
+        if self._closed:
+            raise audit_unavailable("the audit trail is shutting down")
+        wait = self._down_until - self._clock()
+        if wait > 0:
+            raise audit_unavailable(
+                "the audit trail could not be written a moment ago; retry later",
+                retry_after=wait,
+            )
+        if len(self._queue) >= self._max_pending:
+            raise audit_unavailable("too many audit records are waiting to be written")
+        loop = asyncio.get_running_loop()
+        pending = _Pending(clean_event(event), loop.create_future())
+        self._queue.append(pending)
+        self._wake.set()
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_batches(), name="audit-writer")
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await asyncio.shield(pending.done)
+        except TimeoutError:
+            pending.abandoned = True
+            raise audit_unavailable(
+                f"the audit record was not committed within {self._write_timeout:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            pending.abandoned = True
+            raise
+
+    async def close(self) -> None:
+        """Write what is waiting, then stop the writer."""
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self._max_batch:
+            pending = self._queue.popleft()
+            if pending.abandoned:
+                pending.done.cancel()
+            else:
+                batch.append(pending)
+        return batch
+
+    async def _write_batches(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._linger and len(self._queue) < self._max_batch and not self._closed:
+                await asyncio.sleep(self._linger)
+            batch = self._take_batch()
+            if batch:
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self.writer.append([pending.event for pending in batch])
+        except Exception as exc:  # every failure fails closed
+            self._fail(batch, exc)
+            return
+        self.batches += 1
+        for pending in batch:
+            if not pending.done.done():
+                pending.done.set_result(None)
+
+    def _fail(self, batch: list[_Pending], exc: Exception) -> None:
+        # Driver messages may quote the data; log the error's class only.
+        log.error("audit records not written", records=len(batch), error=type(exc).__name__)
+        if self._retry_interval > 0:
+            self._down_until = self._clock() + self._retry_interval
+        # What is queued behind the batch would meet the same engine: refuse it too.
+        failed = list(batch)
+        while self._retry_interval > 0 and self._queue:
+            failed.extend(self._take_batch())
+        for pending in failed:
+            if not pending.done.done():
+                pending.done.set_exception(_unavailable_after(exc))
+
+
+def _unavailable_after(exc: Exception) -> Unavailable:
+    if isinstance(exc, Unavailable):
+        return Unavailable(
+            exc.message, retry_after=exc.retry_after, reason=exc.reason, metadata=exc.metadata
+        )
+    if isinstance(exc, TimeoutError):
+        return audit_unavailable("the audit trail did not commit in time; retry later")
+    return audit_unavailable(
+        f"the audit trail cannot be written now ({type(exc).__name__}); retry later"
+    )
