@@ -182,10 +182,14 @@ async def test_wrong_secrets_unknown_ids_and_malformed_keys_are_refused_alike(
 
 
 async def test_a_key_may_only_carry_roles_its_creator_holds(keys: ApiKeys) -> None:
+    writer = admin(roles=frozenset({"writer", "reader"}))
     with pytest.raises(PermissionDenied) as caught:
-        await keys.manager.create(admin(), name="k", roles=["reader", "superuser", "root"])
+        await keys.manager.create(writer, name="k", roles=["reader", "superuser", "root"])
     assert caught.value.reason == "ROLE_NOT_HELD"
     assert caught.value.metadata == {"roles": "root,superuser"}
+    # The tenant's admin hands out any role of its tenant.
+    issued = await keys.manager.create(admin(), name="k", roles=["reader", "auditor"])
+    assert issued.api_key.roles == ("auditor", "reader")
     nobody = Identity(subject="service:x", tenant="", kind="service")
     with pytest.raises(PermissionDenied) as no_tenant:
         await keys.manager.create(nobody, name="k")

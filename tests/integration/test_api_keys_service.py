@@ -57,7 +57,9 @@ async def pool(settings: Settings) -> AsyncIterator[AsyncConnectionPool]:
 async def _serve(
     settings: Settings, api_keys: ApiKeys, *, authenticate: bool
 ) -> AsyncIterator[Stub]:
-    checker = CallerAuthenticator(_ApiKeyAsBearer(api_keys), cache_seconds=0)
+    # The servicer is served here to API-key holders directly (in Nexus they come through
+    # its entries, which authenticate them), so this checker accepts their identities.
+    checker = CallerAuthenticator(_ApiKeyAsBearer(api_keys), cache_seconds=0, kinds=("api_key",))
     edges = DatapunkServerInterceptor(
         "test", access_log="off", authenticator=checker if authenticate else None
     )
@@ -264,9 +266,14 @@ async def test_bad_input_gets_precise_statuses(stub: Stub, api_keys: ApiKeys) ->
         assert isinstance(error, InvalidArgument)
         assert {v.field for v in error.violations} == {field}
 
+    # A writer (not a tenant admin) may hand out only the roles it holds.
+    writer = await stub.CreateApiKey(
+        api_keys_pb2.CreateApiKeyRequest(name="w", roles=["writer"]), metadata=creds
+    )
     code, error = await failure(
         stub.CreateApiKey(
-            api_keys_pb2.CreateApiKeyRequest(name="x", roles=["owner"]), metadata=creds
+            api_keys_pb2.CreateApiKeyRequest(name="x", roles=["owner"]),
+            metadata=as_key(writer.key),
         )
     )
     assert (code, error.reason, error.metadata) == (

@@ -36,6 +36,10 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+ADMIN_ROLE = "admin"
+"""The built-in role that administers a tenant (datapunk_nexus.identity.policy)."""
+
+
 def _tenant_of(caller: Identity) -> str:
     if not caller.tenant:
         raise PermissionDenied(
@@ -133,13 +137,17 @@ class ApiKeyManager:
         scopes: Iterable[str] = (),
         expire_time: datetime | None = None,
     ) -> IssuedApiKey:
-        """A new key of the caller's tenant. It may carry only roles the caller holds, so
-        that nobody can mint a key more powerful than themselves; a key made with an
+        """A new key of the caller's tenant. It may carry only roles the caller holds (any
+        role, for the tenant's ``admin``), so that nobody can mint a key more powerful
+        than themselves; a key made with an
         expiring API key expires with it at the latest, so that nobody can outlast their
         own key's expiry by minting another."""
         tenant = _tenant_of(caller)
         wanted_roles = _distinct(roles)
-        missing = sorted(set(wanted_roles) - caller.roles)
+        # A tenant administrator hands out any role of its tenant (the policy already
+        # lets it grant them); anyone else only roles it holds itself.
+        held = caller.roles
+        missing = [] if ADMIN_ROLE in held else sorted(set(wanted_roles) - held)
         if missing:
             raise PermissionDenied(
                 "an API key may only carry roles its creator holds; the caller lacks "
