@@ -1,5 +1,9 @@
 """Each service as a real process against the real engines: serving state, status RPC,
-reflection, metrics, logs, tracing, and what happens when an engine goes away."""
+reflection, metrics, logs, tracing, and what happens when an engine goes away.
+
+Status, health and reflection are public: every call here carries no credentials, on
+purpose, and so shows they stay open now that every other call needs a service token
+(tests/integration/test_service_auth.py)."""
 
 from __future__ import annotations
 
