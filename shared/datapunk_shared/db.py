@@ -10,19 +10,28 @@ forward with a new migration instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from datapunk_shared.config import PostgresSettings
-from datapunk_shared.errors import FailedPrecondition
+from datapunk_shared.errors import FailedPrecondition, engine_unavailable
 
-__all__ = ["Migration", "apply_migrations", "create_pool", "load_migrations"]
+__all__ = [
+    "Migration",
+    "apply_migrations",
+    "create_pool",
+    "load_migrations",
+    "postgres_errors",
+]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # A fixed advisory-lock key for "schema migrations", shared by every service.
@@ -110,3 +119,23 @@ async def apply_migrations(
             )
             applied_now.append(migration.version)
     return applied_now
+
+
+@contextlib.contextmanager
+def postgres_errors(what: str) -> Iterator[None]:
+    """Map PostgreSQL trouble around a store's work to the error vocabulary, both as
+    UNAVAILABLE (retryable): ``what``'s tables missing (``SCHEMA_NOT_READY``: the
+    migrations have not run yet) and PostgreSQL unreachable or its pool exhausted
+    (``ENGINE_UNAVAILABLE``). Anything else is the caller's to handle."""
+    try:
+        yield
+    except pg_errors.UndefinedTable:
+        raise engine_unavailable(
+            "postgres",
+            f"{what} is not ready yet (migrations pending); retry shortly",
+            reason="SCHEMA_NOT_READY",
+        ) from None
+    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+        raise engine_unavailable(
+            "postgres", f"PostgreSQL is unavailable ({type(exc).__name__}); retry later"
+        ) from exc

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, LiteralString
 
 import psycopg
+from datapunk_shared.db import postgres_errors
 from datapunk_shared.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    engine_unavailable,
 )
 from datapunk_shared.paging import decode_page_token, encode_page_token, invalid_page_token
 from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from datapunk_nexus.identity.api_keys.domain import (
     ApiKey,
@@ -66,24 +66,6 @@ def _api_key(row: Sequence[Any]) -> ApiKey:
         rotate_time=row[9],
         last_used_time=row[10],
     )
-
-
-@contextlib.contextmanager
-def _engine_errors() -> Iterator[None]:
-    """Map psycopg errors to the error vocabulary."""
-    try:
-        yield
-    except pg_errors.UndefinedTable:
-        raise engine_unavailable(
-            "postgres",
-            "the API-key store's schema is not ready yet (migrations pending)",
-            reason="SCHEMA_NOT_READY",
-        ) from None
-    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-        raise engine_unavailable(
-            "postgres",
-            f"PostgreSQL is unavailable: {type(exc).__name__}; nothing was changed by this call",
-        ) from exc
 
 
 def _micros(moment: datetime) -> int:
@@ -163,7 +145,7 @@ class PostgresApiKeyStore:
                 await conn.set_autocommit(False)
 
     async def _one(self, query: LiteralString, params: Any) -> tuple[Any, ...] | None:
-        with _engine_errors():
+        with postgres_errors("the API-key store"):
             async with self._connection() as conn:
                 cursor = await conn.execute(query, params)
                 return await cursor.fetchone()
@@ -230,7 +212,7 @@ class PostgresApiKeyStore:
             "after_id": after[1] if after else None,
             "limit": limit + 1,
         }
-        with _engine_errors():
+        with postgres_errors("the API-key store"):
             async with self._connection() as conn:
                 cursor = await conn.execute(query, params)
                 rows = await cursor.fetchall()

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-from datapunk_shared.errors import engine_unavailable
-from psycopg import errors as pg_errors
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from datapunk_shared.db import postgres_errors
+from psycopg_pool import AsyncConnectionPool
 
 __all__ = ["connection"]
 
@@ -21,16 +20,6 @@ POOL_TIMEOUT = 5.0
 async def connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A pooled connection; PostgreSQL being down or the schema not being ready yet are
     UNAVAILABLE (retry), never a crash."""
-    try:
+    with postgres_errors("the OAuth store"):
         async with pool.connection(timeout=POOL_TIMEOUT) as conn:
             yield conn
-    except pg_errors.UndefinedTable:
-        raise engine_unavailable(
-            "postgres",
-            "the OAuth tables are not ready yet (migrations pending)",
-            reason="SCHEMA_NOT_READY",
-        ) from None
-    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-        raise engine_unavailable(
-            "postgres", f"PostgreSQL is unavailable: {type(exc).__name__}"
-        ) from exc

@@ -9,16 +9,16 @@ tells every Nexus instance that its copy in memory is out of date."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
-from datapunk_shared.errors import NotFound, Unavailable, engine_unavailable
-from psycopg import errors as pg_errors
+from datapunk_shared.db import postgres_errors
+from datapunk_shared.errors import NotFound
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from datapunk_nexus.identity.policy.rules import Binding, Permission, Role
 
@@ -41,26 +41,6 @@ class PolicySource(Protocol):
     async def snapshot(self, tenant: str) -> TenantSnapshot: ...
 
     async def versions(self, tenants: Sequence[str]) -> dict[str, int]: ...
-
-
-def _unavailable(exc: BaseException) -> Unavailable:
-    return engine_unavailable(
-        "postgres", f"the policy store is unavailable: {type(exc).__name__}; retry later"
-    )
-
-
-@contextlib.contextmanager
-def _engine_errors() -> Iterator[None]:
-    try:
-        yield
-    except pg_errors.UndefinedTable:
-        raise engine_unavailable(
-            "postgres",
-            "the policy store's schema is not ready yet (migrations pending)",
-            reason="SCHEMA_NOT_READY",
-        ) from None
-    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-        raise _unavailable(exc) from exc
 
 
 def _role(row: Sequence[Any]) -> Role:
@@ -86,7 +66,7 @@ class PolicyStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        with _engine_errors():
+        with postgres_errors("the policy store"):
             async with self._pool.connection(timeout=self._pool_timeout) as conn:
                 conn.row_factory = tuple_row
                 yield conn

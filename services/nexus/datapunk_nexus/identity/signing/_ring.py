@@ -19,18 +19,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
+from datapunk_shared.db import postgres_errors
 from datapunk_shared.errors import (
     DatapunkError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    engine_unavailable,
 )
 from datapunk_shared.logging import get_logger
-from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from datapunk_nexus.identity.signing._backends import BackendName, KeyBackend, NewKey, StoredKey
 from datapunk_nexus.identity.signing._signer import Signer
@@ -357,19 +356,9 @@ class SigningKeyRing:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
+        with postgres_errors("the signing key store"):
             async with self._pool.connection(timeout=self._pool_timeout) as conn:
                 yield conn
-        except pg_errors.UndefinedTable:
-            raise engine_unavailable(
-                "postgres",
-                "the signing key table is not ready yet (migrations pending)",
-                reason="SCHEMA_NOT_READY",
-            ) from None
-        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-            raise engine_unavailable(
-                "postgres", f"PostgreSQL is unavailable: {type(exc).__name__}"
-            ) from None
 
     @contextlib.asynccontextmanager
     async def _changing(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
