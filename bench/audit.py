@@ -144,14 +144,17 @@ def _raw_pool(url: str) -> AsyncConnectionPool:
     )
 
 
-def _audit_log(url: str) -> tuple[AsyncConnectionPool, AuditLog]:
+def _audit_log(url: str) -> tuple[AsyncConnectionPool, ChainWriter, AuditLog]:
     pool = open_audit_pool(url, max_size=4)
-    return pool, AuditLog(ChainWriter(pool, ChainHasher(KEY)), write_timeout=30.0)
+    writer = ChainWriter(pool, ChainHasher(KEY))
+    return pool, writer, AuditLog(writer, write_timeout=30.0)
 
 
-def _batch_stats(audit_log: AuditLog, records: int, before: tuple[int, int]) -> dict[str, float]:
+def _batch_stats(
+    audit_log: AuditLog, writer: ChainWriter, records: int, before: tuple[int, int]
+) -> dict[str, float]:
     batches = audit_log.batches - before[0]
-    locked = audit_log.writer.locked_batches - before[1]
+    locked = writer.locked_batches - before[1]
     return {
         "records_per_batch": records / max(batches, 1),
         "locked_share": locked / max(batches, 1),
@@ -164,7 +167,7 @@ async def _run(quick: bool) -> Result:
     rows: list[list[Any]] = []
     details: dict[str, Any] = {"seconds_per_level": seconds, "levels": {}}
     async with _scratch_database(settings.engines.postgres.url) as url:
-        ours_pool, audit_log = _audit_log(url)
+        ours_pool, ours_writer, audit_log = _audit_log(url)
         raw_pool = _raw_pool(url)
         await ours_pool.open()
         await raw_pool.open()
@@ -200,7 +203,7 @@ async def _run(quick: bool) -> Result:
                     sides.reverse()
                 measured: dict[str, dict[str, float]] = {}
                 for side, call in sides:
-                    before = (audit_log.batches, audit_log.writer.locked_batches)
+                    before = (audit_log.batches, ours_writer.locked_batches)
                     rate, latencies = await _closed_loop(callers, seconds, call)
                     measured[side] = {
                         "records_per_s": rate,
@@ -208,7 +211,9 @@ async def _run(quick: bool) -> Result:
                         **summarize_latencies(latencies),
                     }
                     if side == "ours":
-                        measured[side].update(_batch_stats(audit_log, len(latencies), before))
+                        measured[side].update(
+                            _batch_stats(audit_log, ours_writer, len(latencies), before)
+                        )
                 details["levels"][str(callers)] = measured
                 for side in ("ours", "raw"):
                     rows.append(_row(side, callers, measured[side]))
@@ -266,19 +271,18 @@ def _row(side: str, callers: int, m: dict[str, float]) -> list[Any]:
 
 async def _two_writers(url: str, seconds: float) -> dict[str, float]:
     writers = [_audit_log(url), _audit_log(url)]
-    for pool, _ in writers:
+    for pool, _, _ in writers:
         await pool.open()
     try:
 
         async def call(i: int) -> None:
-            await writers[i % 2][1].record(_event(i))
+            await writers[i % 2][2].record(_event(i))
 
-        befores = [(log.batches, log.writer.locked_batches) for _, log in writers]
+        befores = [(log.batches, writer.locked_batches) for _, writer, log in writers]
         rate, latencies = await _closed_loop(64, seconds, call)
-        batches = sum(log.batches - b[0] for (_, log), b in zip(writers, befores, strict=True))
-        locked = sum(
-            log.writer.locked_batches - b[1] for (_, log), b in zip(writers, befores, strict=True)
-        )
+        pairs = list(zip(writers, befores, strict=True))
+        batches = sum(log.batches - before[0] for (_, _, log), before in pairs)
+        locked = sum(writer.locked_batches - before[1] for (_, writer, _), before in pairs)
         return {
             "records_per_s": rate,
             **summarize_latencies(latencies),
@@ -286,7 +290,7 @@ async def _two_writers(url: str, seconds: float) -> dict[str, float]:
             "locked_share": locked / max(batches, 1),
         }
     finally:
-        for pool, log in writers:
+        for pool, _, log in writers:
             await log.close()
             await pool.close()
 

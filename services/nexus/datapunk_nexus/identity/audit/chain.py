@@ -234,8 +234,10 @@ class _Walk:
             raise _Broken(
                 sequence,
                 Problem.EDITED,
-                f"record {sequence} does not match its hash (its link was changed) while the "
-                "record after it still vouches for it: it was changed after it was written",
+                f"record {sequence} does not match its hash and does not link to record "
+                f"{sequence - 1}, while the record after it still vouches for it: its link or "
+                "its number was changed after it was written (records before it may have "
+                "been deleted and the rest renumbered)",
             )
         raise _Broken(
             sequence,
@@ -267,10 +269,25 @@ async def verify_chain(
     try:
         if checkpoint is not None:
             _check_checkpoint(hasher, checkpoint)
+        # Records past a (genuinely sealed) head were not written by the trail.
+        beyond = (
+            head.sequence if check_end and head is not None and _head_sealed(hasher, head) else None
+        )
         held: RecordedEvent | None = None
         async for record in records:
             if held is not None:
                 walk.judge(held, record)
+            if (
+                beyond is not None
+                and record.sequence > beyond
+                and record.sequence == walk.expected_sequence  # not after a gap
+            ):
+                raise _Broken(
+                    record.sequence,
+                    Problem.INSERTED,
+                    f"record {record.sequence} follows the chain's head (record {beyond}): "
+                    "records were added that the trail did not write",
+                )
             if last_sequence is not None and record.sequence > last_sequence:
                 held = None
                 break
@@ -310,6 +327,10 @@ def _check_checkpoint(hasher: ChainHasher, checkpoint: Checkpoint) -> None:
         )
 
 
+def _head_sealed(hasher: ChainHasher, head: Head) -> bool:
+    return hasher.matches(hasher.head_seal(head.tenant, head.sequence, head.hash), head.seal)
+
+
 def _check_head(hasher: ChainHasher, walk: _Walk, head: Head | None) -> None:
     last = walk.expected_sequence - 1
     if head is None:
@@ -321,7 +342,7 @@ def _check_head(hasher: ChainHasher, walk: _Walk, head: Head | None) -> None:
                 "records may have been cut off",
             )
         return
-    if not hasher.matches(hasher.head_seal(head.tenant, head.sequence, head.hash), head.seal):
+    if not _head_sealed(hasher, head):
         raise _Broken(
             head.sequence,
             Problem.EDITED,

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from datapunk_shared.config import AuditSettings
 from datapunk_shared.errors import Unavailable
@@ -27,11 +28,16 @@ from datapunk_shared.logging import get_logger
 
 from datapunk_nexus.identity.audit.events import AuditEvent, clean_event
 from datapunk_nexus.identity.audit.store import audit_unavailable
-from datapunk_nexus.identity.audit.writer import ChainWriter
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditLog", "BatchWriter"]
 
 log = get_logger("datapunk.nexus.audit")
+
+
+class BatchWriter(Protocol):
+    """What commits a batch (``ChainWriter``): all of it, or raises."""
+
+    async def append(self, events: Sequence[AuditEvent]) -> object: ...
 
 
 @dataclass(slots=True)
@@ -46,7 +52,7 @@ class AuditLog:
 
     def __init__(
         self,
-        writer: ChainWriter,
+        writer: BatchWriter,
         *,
         write_timeout: float = 2.0,
         retry_interval: float = 1.0,
@@ -71,7 +77,7 @@ class AuditLog:
         """Transactions committed so far (for tests and benchmarks)."""
 
     @classmethod
-    def from_settings(cls, writer: ChainWriter, settings: AuditSettings) -> AuditLog:
+    def from_settings(cls, writer: BatchWriter, settings: AuditSettings) -> AuditLog:
         return cls(
             writer,
             write_timeout=settings.write_timeout,
@@ -152,8 +158,7 @@ class AuditLog:
             return
         self.batches += 1
         for pending in batch:
-            if not pending.done.done():
-                pending.done.set_result(None)
+            _settle(pending, None)
 
     def _fail(self, batch: list[_Pending], exc: Exception) -> None:
         # Driver messages may quote the data; log the error's class only.
@@ -165,8 +170,20 @@ class AuditLog:
         while self._retry_interval > 0 and self._queue:
             failed.extend(self._take_batch())
         for pending in failed:
-            if not pending.done.done():
-                pending.done.set_exception(_unavailable_after(exc))
+            _settle(pending, _unavailable_after(exc))
+
+
+def _settle(pending: _Pending, error: Unavailable | None) -> None:
+    """Tell the caller how its record fared; a caller that is gone is told nothing (an
+    exception nobody retrieves would be reported as lost)."""
+    if pending.done.done():
+        return
+    if pending.abandoned:
+        pending.done.cancel()
+    elif error is not None:
+        pending.done.set_exception(error)
+    else:
+        pending.done.set_result(None)
 
 
 def _unavailable_after(exc: Exception) -> Unavailable:

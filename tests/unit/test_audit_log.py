@@ -1,0 +1,171 @@
+"""AuditLog's batching and failing closed, as pure logic over a scripted batch writer
+(tests/integration/test_audit_trail.py proves the same against PostgreSQL): records that
+arrive during a commit share the next one, nobody returns before their own commit, and a
+writer that fails or hangs makes record raise Unavailable AUDIT_UNAVAILABLE in bounded
+time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+from datapunk_nexus.identity.audit.events import AuditEvent, Outcome
+from datapunk_nexus.identity.audit.log import AuditLog
+from datapunk_shared.errors import Unavailable
+
+
+class ScriptedWriter:
+    """Commits a batch when ``gate`` is set; raises ``error`` when one is given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.error: Exception | None = None
+        self.started = asyncio.Event()
+
+    async def append(self, events: Sequence[AuditEvent]) -> object:
+        self.started.set()
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        self.batches.append([event.request_id for event in events])
+        return None
+
+
+def _event(request_id: str) -> AuditEvent:
+    return AuditEvent(action="data.read", outcome=Outcome.ALLOW, request_id=request_id)
+
+
+async def _unavailable(awaitable: object) -> Unavailable:
+    with pytest.raises(Unavailable) as caught:
+        await awaitable  # type: ignore[misc]
+    assert caught.value.reason == "AUDIT_UNAVAILABLE"
+    return caught.value
+
+
+async def test_records_that_arrive_during_a_commit_share_the_next_one() -> None:
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5)
+    writer.gate.clear()
+    first = asyncio.create_task(audit.record(_event("first")))
+    await writer.started.wait()
+    rest = [asyncio.create_task(audit.record(_event(f"r{i}"))) for i in range(10)]
+    await asyncio.sleep(0.01)
+    assert not first.done()  # nobody returns before their record is committed
+    writer.gate.set()
+    await asyncio.gather(first, *rest)
+    assert writer.batches == [["first"], [f"r{i}" for i in range(10)]]
+    assert audit.batches == 2
+    await audit.close()
+
+
+async def test_batches_hold_at_most_max_batch_records() -> None:
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5, max_batch=4)
+    writer.gate.clear()
+    blocker = asyncio.create_task(audit.record(_event("b")))
+    await writer.started.wait()
+    tasks = [asyncio.create_task(audit.record(_event(str(i)))) for i in range(10)]
+    await asyncio.sleep(0.01)
+    writer.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert [len(batch) for batch in writer.batches] == [1, 4, 4, 2]
+    await audit.close()
+
+
+async def test_a_failing_writer_fails_its_batch_and_the_queue_closed() -> None:
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5, retry_interval=30)
+    writer.gate.clear()
+    writer.error = OSError("connection refused by 10.0.0.1 for user secret-user")
+    first = asyncio.create_task(audit.record(_event("a")))
+    await writer.started.wait()
+    queued = asyncio.create_task(audit.record(_event("b")))
+    await asyncio.sleep(0.01)
+    writer.gate.set()
+    for task in (first, queued):
+        error = await _unavailable(task)
+        assert "secret-user" not in error.message  # driver messages are never passed on
+        assert error.metadata == {"engine": "postgres"}
+    # Within the retry interval, records are refused at once, with retry information.
+    started = time.perf_counter()
+    error = await _unavailable(audit.record(_event("c")))
+    assert time.perf_counter() - started < 0.05
+    assert error.retry_after is not None
+    assert 0 < error.retry_after <= 30
+    assert writer.batches == []
+    await audit.close()
+
+
+async def test_a_hanging_writer_fails_closed_within_the_write_timeout() -> None:
+    writer = ScriptedWriter()
+    writer.gate.clear()  # never commits
+    audit = AuditLog(writer, write_timeout=0.1, retry_interval=0)
+    started = time.perf_counter()
+    await _unavailable(audit.record(_event("x")))
+    assert time.perf_counter() - started < 1.0
+    writer.gate.set()
+    await audit.record(_event("y"))  # retry_interval 0: the next record tries again
+    await audit.close()
+
+
+async def test_a_record_whose_caller_went_away_before_its_batch_is_not_written() -> None:
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5)
+    writer.gate.clear()
+    blocker = asyncio.create_task(audit.record(_event("blocker")))
+    await writer.started.wait()
+    gone = asyncio.create_task(audit.record(_event("gone")))
+    kept = asyncio.create_task(audit.record(_event("kept")))
+    await asyncio.sleep(0.01)
+    gone.cancel()  # its client disconnected while the record waited for a batch
+    await asyncio.sleep(0)
+    writer.gate.set()
+    await asyncio.gather(blocker, kept)
+    assert writer.batches == [["blocker"], ["kept"]]
+    await audit.close()
+
+
+async def test_a_caller_that_timed_out_is_not_told_twice() -> None:
+    """The caller gave up (write timeout) while its batch was still being written; when
+    the batch fails later, nothing is left behind for nobody to retrieve."""
+    writer = ScriptedWriter()
+    writer.gate.clear()
+    audit = AuditLog(writer, write_timeout=0.05, retry_interval=0)
+    await _unavailable(audit.record(_event("x")))
+    writer.error = OSError("down")
+    writer.gate.set()
+    await asyncio.sleep(0.1)
+    writer.error = None
+    await audit.record(_event("y"))
+    await audit.close()
+
+
+async def test_too_many_waiting_records_are_refused_at_once() -> None:
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5, max_pending=2)
+    writer.gate.clear()
+    blocker = asyncio.create_task(audit.record(_event("b")))
+    await writer.started.wait()
+    waiting = [asyncio.create_task(audit.record(_event(str(i)))) for i in range(2)]
+    await asyncio.sleep(0)
+    await _unavailable(audit.record(_event("over")))
+    writer.gate.set()
+    await asyncio.gather(blocker, *waiting)
+    await audit.close()
+
+
+async def test_close_writes_what_waits_and_then_refuses() -> None:
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5)
+    writer.gate.clear()
+    tasks = [asyncio.create_task(audit.record(_event(str(i)))) for i in range(3)]
+    await writer.started.wait()
+    closing = asyncio.create_task(audit.close())
+    writer.gate.set()
+    await asyncio.gather(*tasks, closing)
+    assert sum(len(batch) for batch in writer.batches) == 3
+    await _unavailable(audit.record(_event("late")))
