@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from datapunk_shared.auth.identity import Identity
+from datapunk_shared.auth.remembered import RememberedTokens
 from datapunk_shared.errors import Unauthenticated
 
 __all__ = [
@@ -141,10 +141,9 @@ class CallerAuthenticator:
         self._verifier = verifier
         self._delegates = frozenset(delegates)
         self._kinds = frozenset(kinds)
-        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_seconds = cache_seconds
-        self._clock = clock
+        self._tokens = RememberedTokens(
+            verifier.verify, size=cache_size, seconds=cache_seconds, clock=clock
+        )
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity:
         token: str | None = None
@@ -164,7 +163,7 @@ class CallerAuthenticator:
             raise Unauthenticated(
                 "the authorization header must be 'Bearer <token>'", reason="MALFORMED_TOKEN"
             )
-        caller = await self._verified(credential.strip())
+        caller = await self._tokens.identity(credential.strip())
         if caller.kind not in self._kinds:
             # End users reach services through Nexus, which checks their permissions;
             # a direct call must come from a Datapunk service.
@@ -192,20 +191,3 @@ class CallerAuthenticator:
             attributes=caller.attributes,
             on_behalf_of=decode_on_behalf(on_behalf),
         )
-
-    async def _verified(self, token: str) -> Identity:
-        now = self._clock()
-        cached = self._cache.get(token)
-        if cached is not None:
-            identity, until = cached
-            if now < until:
-                return identity
-            del self._cache[token]
-        identity = await self._verifier.verify(token)
-        until = now + self._cache_seconds
-        if identity.expires_at is not None:
-            until = min(until, identity.expires_at)
-        self._cache[token] = (identity, until)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return identity

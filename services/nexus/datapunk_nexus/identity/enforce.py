@@ -17,7 +17,6 @@ What travels on to the backend is Nexus's own service token and the caller's ide
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +26,7 @@ from datapunk_shared.auth.interceptor import (
     ON_BEHALF_KEY,
     encode_on_behalf,
 )
+from datapunk_shared.auth.remembered import RememberedTokens
 from datapunk_shared.auth.tokens import RevocationCheck, TokenVerifier
 from datapunk_shared.errors import DatapunkError, InvalidArgument, Unauthenticated
 from google.protobuf import descriptor_pool, empty_pb2, message_factory
@@ -106,13 +106,11 @@ class EdgeAuthenticator:
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._tokens = tokens
+        self._tokens = RememberedTokens(
+            tokens.verify, size=cache_size, seconds=cache_seconds, clock=clock
+        )
         self._api_keys = api_keys
         self._is_revoked = is_revoked
-        self._cache: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_seconds = cache_seconds
-        self._clock = clock
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Identity | None:
         if authorization is not None and api_key is not None:
@@ -135,23 +133,11 @@ class EdgeAuthenticator:
         return await self._verified(token)
 
     async def _verified(self, token: str) -> Identity:
-        now = self._clock()
-        cached = self._cache.get(token)
-        if cached is not None:
-            identity, until = cached
-            if now < until:
-                if self._is_revoked is not None and await self._is_revoked(identity.credential_id):
-                    del self._cache[token]
-                    raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
-                return identity
-            del self._cache[token]
-        identity = await self._tokens.verify(token)
-        until = now + self._cache_seconds
-        if identity.expires_at is not None:
-            until = min(until, identity.expires_at)
-        self._cache[token] = (identity, until)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        identity = await self._tokens.identity(token)
+        # A remembered token is still checked against the revocation list every time.
+        if self._is_revoked is not None and await self._is_revoked(identity.credential_id):
+            self._tokens.forget(token)
+            raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
         return identity
 
 
