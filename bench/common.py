@@ -3,11 +3,20 @@ file, the command line of a benchmark run on its own, and the process helpers (f
 ports, environments, starting a server, waiting for it to answer, stopping it).
 
 A benchmark module exposes ``NAME`` (its result file name), ``DESCRIPTION`` and
-``run() -> Result``; ``bench/run.py`` lists the modules it runs."""
+``run() -> Result``; ``bench/run.py`` lists the modules it runs.
+
+Credentials: every service started here trusts one issuer (``auth_env``), the test
+suite's ``tests.auth_support.TestIssuer`` (an ES256 key whose JWKS this process serves
+over HTTP, the way services fetch Nexus's keys), and a Nexus started here signs as it.
+Calls to a service port carry what Nexus would send (``service_metadata``: its service
+token plus the client it acts for); calls to a Nexus entry carry the bootstrap
+administrator's API key (``api_key_metadata``). The benchmarks run from the repository's
+root (``python -m bench.run``), where ``tests`` is importable."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -18,14 +27,22 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
+import psycopg
+from datapunk_shared.auth.interceptor import AUTHORIZATION_KEY, ON_BEHALF_KEY, encode_on_behalf
+from datapunk_shared.config import load_settings
+from psycopg import sql
+
+from tests.auth_support import issuer, tenant_caller
 
 __all__ = [
     "BENCH_DIR",
@@ -33,8 +50,12 @@ __all__ = [
     "LAKE_BIN",
     "REPO_ROOT",
     "RESULTS_DIR",
+    "Authed",
     "Bar",
+    "Metadata",
     "Result",
+    "api_key_metadata",
+    "auth_env",
     "clean_env",
     "closed_engines",
     "format_table",
@@ -46,9 +67,11 @@ __all__ = [
     "process_cpu_seconds",
     "require_file",
     "running_lake",
+    "service_metadata",
     "start_logged",
     "stop_process",
     "summarize_latencies",
+    "temporary_database",
     "wait_grpc",
     "wait_until",
     "write_result",
@@ -265,6 +288,69 @@ def main_with_quick(
     return 0
 
 
+# --- credentials -----------------------------------------------------------------------
+
+Metadata = tuple[tuple[str, str], ...]
+
+TOKEN_SECONDS = 3600
+"""How long a service token minted here is valid: longer than any benchmark run."""
+
+
+def auth_env() -> dict[str, str]:
+    """The settings that make a service trust this process's issuer, and a Nexus sign as
+    it (its signing key, API-key pepper and bootstrap administrator key as secrets)."""
+    return issuer().env()
+
+
+def service_metadata(service: str = "lake") -> Metadata:
+    """Call metadata of Nexus forwarding a call of a client of the tenant ``default`` (whose
+    Lake objects keep their plain names) to ``service``: Nexus's service token for
+    ``datapunk:<service>`` and the client's identity."""
+    token = issuer().token(audience=f"datapunk:{service}", ttl=TOKEN_SECONDS)
+    return (
+        (AUTHORIZATION_KEY, f"Bearer {token}"),
+        (ON_BEHALF_KEY, encode_on_behalf(tenant_caller("default"))),
+    )
+
+
+def api_key_metadata() -> Metadata:
+    """Call metadata (or HTTP header) of a client of a Nexus entry started with
+    ``auth_env()``: the bootstrap administrator's API key, admin of the tenant default."""
+    return (("x-api-key", issuer().admin_key),)
+
+
+class Authed:
+    """A generated stub (sync or aio) whose every call carries ``metadata``: per call, as
+    Nexus sends it, so no client interceptor adds its own cost to what is measured."""
+
+    def __init__(self, stub: Any, metadata: Metadata) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = functools.partial(getattr(self._stub, name), metadata=self._metadata)
+        setattr(self, name, method)  # found without __getattr__ from now on
+        return method
+
+
+@contextmanager
+def temporary_database() -> Iterator[str]:
+    """The URL of a fresh database on the configured PostgreSQL server
+    (``engines.postgres.url``), dropped on the way out. A Nexus started here keeps its
+    schema, signing keys and API keys there, never in the stack's database."""
+    server = load_settings().engines.postgres.url
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 # --- server processes ------------------------------------------------------------------
 
 
@@ -355,8 +441,8 @@ def running_lake(
     """A ``datapunk-lake`` on a free loopback port, configured by the repository's
     ``datapunk.toml``, none of the caller's DATAPUNK_* settings and then ``settings``; its
     vector shards in ``vectors`` (default ``workdir/vectors``), its log in
-    ``workdir/lake.log``. Yields its address once it answers (see ``wait_grpc``), stops it
-    on the way out."""
+    ``workdir/lake.log``. It trusts this process's issuer (``auth_env``). Yields its address
+    once it answers (see ``wait_grpc``), stops it on the way out."""
     port = free_port()
     env = clean_env()
     env.update(
@@ -365,6 +451,7 @@ def running_lake(
             "DATAPUNK_LAKE__PORT": str(port),
             "DATAPUNK_LAKE__METRICS_PORT": str(free_port()),
             "DATAPUNK_LAKE__VECTORS__PATH": str(vectors or workdir / "vectors"),
+            **auth_env(),
         }
     )
     env.update(settings)

@@ -9,10 +9,18 @@ wrk (HTTP/1.1; ``--latency`` percentiles) and ghz (gRPC). Throughput with 16 req
 flight (16 wrk connections; 16 ghz workers on one HTTP/2 connection), latency with 1.
 Three rounds alternate the order of the two paths; the median round is reported.
 
+Requests carry what real callers send: to the edge, the API key of the Nexus's bootstrap
+administrator (a wrk script sets the header; the edge verifies the key, then remembers it
+for a few seconds; the route is public, so there is no permission decision or audit
+record); to the Lake, what Nexus itself sends it (its service token and the client it
+acts for). Both services trust the bench's issuer; the Nexus keeps its schema and keys in
+a temporary database on the configured PostgreSQL (``temporary_database``).
+
 Bars (issue 4): REST QPS >= 0.5 x direct gRPC QPS; REST p50 - gRPC p50 <= 1 ms."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import statistics
@@ -29,13 +37,17 @@ from bench.common import (
     BIN,
     Bar,
     Result,
+    api_key_metadata,
+    auth_env,
     clean_env,
     closed_engines,
     free_port,
     process_cpu_seconds,
     require_file,
+    service_metadata,
     start_logged,
     stop_process,
+    temporary_database,
     wait_until,
 )
 from bench.load import GHZ, run_ghz
@@ -89,27 +101,49 @@ def _processes(workdir: Path) -> Iterator[tuple[int, int, int]]:
         "DATAPUNK_NEXUS__REST__PORT": str(rest_port),
         "DATAPUNK_NEXUS__RATE_LIMITS__BACKEND": "memory",
         "DATAPUNK_NEXUS__CACHE__BACKEND": "memory",
+        **auth_env(),
     }
-    try:
-        for name in ("lake", "nexus"):
-            command = [str(BIN / f"datapunk-{name}")]
-            started.append(start_logged(command, env=env, log=workdir / f"{name}.log", cwd=workdir))
+    with temporary_database() as database:
+        try:
+            for name in ("lake", "nexus"):
+                own = (
+                    {**env, "DATAPUNK_ENGINES__POSTGRES__URL": database} if name == "nexus" else env
+                )
+                command = [str(BIN / f"datapunk-{name}")]
+                started.append(
+                    start_logged(command, env=own, log=workdir / f"{name}.log", cwd=workdir)
+                )
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{rest_port}{PATH}", headers=dict(api_key_metadata())
+            )
 
-        def answers() -> bool:
-            for process in started:
-                if process.poll() is not None:
-                    raise RuntimeError(f"a service exited; see {workdir}/*.log")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{PATH}", timeout=2) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
+            def answers() -> bool:
+                for process in started:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"a service exited; see {workdir}/*.log")
+                try:
+                    with urllib.request.urlopen(request, timeout=2) as r:
+                        return bool(r.status == 200)
+                except OSError:
+                    return False
 
-        wait_until(answers, timeout=60, what="GET /v1/lake/status through the edge")
-        yield lake_port, rest_port, started[1].pid
-    finally:
-        for process in reversed(started):
-            stop_process(process)
+            wait_until(answers, timeout=60, what="GET /v1/lake/status through the edge")
+            yield lake_port, rest_port, started[1].pid
+        finally:
+            for process in reversed(started):
+                stop_process(process)
+
+
+def _wrk_script(workdir: Path) -> Path:
+    """A wrk script that sends the API key with every request (in a file of this
+    user's, not on wrk's command line where anyone sees it)."""
+    script = workdir / "api_key.lua"
+    # A JSON string of ASCII text is a Lua string literal too.
+    headers = "".join(
+        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in api_key_metadata()
+    )
+    script.write_text(headers)
+    return script
 
 
 _WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
@@ -131,12 +165,16 @@ def _wrk_errors(report: str) -> int:
     )
 
 
-def _wrk(port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int) -> Measurement:
+def _wrk(
+    port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int, script: Path
+) -> Measurement:
     cpu = process_cpu_seconds(nexus_pid)
     done = subprocess.run(
         [
             "wrk",
             "--latency",
+            "--script",
+            str(script),
             "-t",
             "1",
             "-c",
@@ -161,7 +199,9 @@ def _wrk(port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int) ->
 
 
 def _ghz(port: int, concurrency: int, seconds: int, rnd: int) -> Measurement:
-    done = run_ghz(port, METHOD, concurrency=concurrency, seconds=seconds)
+    done = run_ghz(
+        port, METHOD, concurrency=concurrency, seconds=seconds, metadata=service_metadata("lake")
+    )
     return Measurement(
         "grpc",
         "ghz",
@@ -183,7 +223,8 @@ def run() -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-edge-"))
     try:
         with _processes(workdir) as (lake_port, rest_port, nexus_pid):
-            _wrk(rest_port, 4, 1, 0, nexus_pid)  # warm-up
+            script = _wrk_script(workdir)
+            _wrk(rest_port, 4, 1, 0, nexus_pid, script)  # warm-up
             _ghz(lake_port, 4, 1, 0)
             for rnd in range(1, ROUNDS + 1):
                 for concurrency, seconds in (
@@ -191,7 +232,9 @@ def run() -> Result:
                     (THROUGHPUT_CONCURRENCY, THROUGHPUT_SECONDS),
                 ):
                     pair = [
-                        lambda c=concurrency, s=seconds, r=rnd: _wrk(rest_port, c, s, r, nexus_pid),
+                        lambda c=concurrency, s=seconds, r=rnd: _wrk(
+                            rest_port, c, s, r, nexus_pid, script
+                        ),
                         lambda c=concurrency, s=seconds, r=rnd: _ghz(lake_port, c, s, r),
                     ]
                     for load in pair if rnd % 2 else reversed(pair):

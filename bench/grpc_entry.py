@@ -12,6 +12,14 @@ Two closed-loop load generators: ghz (Go, not ours; descriptor set
 first; the ratio is taken per round (the two runs are back to back) and the median over
 rounds is reported, with the CPU time per call of the entry's and the Lake's processes.
 
+Calls carry what real callers send: through the entry, the API key of the Nexus's
+bootstrap administrator (verified by the entry, then remembered for a few seconds;
+GetStatus is public, so there is no permission decision or audit record); directly,
+what Nexus itself sends the Lake (its service token and the client it acts for). Both
+services trust the bench's issuer; the Nexus keeps its schema and keys in a temporary
+database on the configured PostgreSQL (``temporary_database``), the Lake's engines point
+at closed ports.
+
 Bar (issue 4): entry QPS >= 0.7 x direct QPS, for each load generator.
 """
 
@@ -34,16 +42,21 @@ from datapunk.lake.v1 import status_pb2, status_pb2_grpc
 from bench.common import (
     BIN,
     Bar,
+    Metadata,
     Result,
+    api_key_metadata,
+    auth_env,
     clean_env,
     closed_engines,
     free_port,
     median,
     process_cpu_seconds,
     require_file,
+    service_metadata,
     start_logged,
     stop_process,
     summarize_latencies,
+    temporary_database,
     wait_grpc,
 )
 from bench.load import GHZ, PROTOSET, python_load, run_ghz
@@ -95,13 +108,16 @@ def _env(**settings: str) -> dict[str, str]:
     # Engines that are not there: connection refused; the services answer anyway.
     env.update(closed_engines("postgres", "questdb", "redis"))
     env["DATAPUNK_LOG__LEVEL"] = "INFO"
+    env.update(auth_env())
     env.update(settings)
     return env
 
 
-def _wait_answers(port: int, process: subprocess.Popen[Any]) -> None:
+def _wait_answers(port: int, process: subprocess.Popen[Any], metadata: Metadata) -> None:
     def probe(channel: grpc.Channel) -> None:
-        lake_grpc.StatusServiceStub(channel).GetStatus(status_pb2.GetStatusRequest(), timeout=1.0)
+        lake_grpc.StatusServiceStub(channel).GetStatus(
+            status_pb2.GetStatusRequest(), timeout=1.0, metadata=metadata
+        )
 
     wait_grpc(process, f"127.0.0.1:{port}", what=f"GetStatus on port {port}", probe=probe)
 
@@ -109,51 +125,60 @@ def _wait_answers(port: int, process: subprocess.Popen[Any]) -> None:
 @contextmanager
 def _processes(workdir: Path) -> Iterator[Processes]:
     started: list[subprocess.Popen[Any]] = []
-    try:
-        lake_port, entry_port = free_port(), free_port()
-        lake_env = _env(
-            DATAPUNK_LAKE__PORT=str(lake_port),
-            DATAPUNK_LAKE__METRICS_PORT=str(free_port()),
-            DATAPUNK_LAKE__VECTORS__PATH=str(workdir / "vectors"),
-        )
-        nexus_env = _env(
-            DATAPUNK_NEXUS__PORT=str(free_port()),
-            DATAPUNK_NEXUS__METRICS_PORT=str(free_port()),
-            DATAPUNK_NEXUS__REST__PORT=str(free_port()),
-            DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entry_port),
-            DATAPUNK_NEXUS__BACKENDS=json.dumps({"lake": f"127.0.0.1:{lake_port}"}),
-        )
-        for name, env in (("lake", lake_env), ("nexus", nexus_env)):
-            started.append(
-                start_logged(
-                    [str(BIN / f"datapunk-{name}")],
-                    env=env,
-                    log=workdir / f"{name}.log",
-                    cwd=workdir,
-                )
+    with temporary_database() as database:
+        try:
+            lake_port, entry_port = free_port(), free_port()
+            lake_env = _env(
+                DATAPUNK_LAKE__PORT=str(lake_port),
+                DATAPUNK_LAKE__METRICS_PORT=str(free_port()),
+                DATAPUNK_LAKE__VECTORS__PATH=str(workdir / "vectors"),
             )
-        lake, nexus = started
-        _wait_answers(lake_port, lake)
-        _wait_answers(entry_port, nexus)
-        yield Processes({"direct": lake_port, "entry": entry_port}, lake.pid, nexus.pid)
-    finally:
-        for process in reversed(started):
-            stop_process(process)
+            nexus_env = _env(
+                DATAPUNK_NEXUS__PORT=str(free_port()),
+                DATAPUNK_NEXUS__METRICS_PORT=str(free_port()),
+                DATAPUNK_NEXUS__REST__PORT=str(free_port()),
+                DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entry_port),
+                DATAPUNK_NEXUS__BACKENDS=json.dumps({"lake": f"127.0.0.1:{lake_port}"}),
+                DATAPUNK_ENGINES__POSTGRES__URL=database,
+            )
+            for name, env in (("lake", lake_env), ("nexus", nexus_env)):
+                started.append(
+                    start_logged(
+                        [str(BIN / f"datapunk-{name}")],
+                        env=env,
+                        log=workdir / f"{name}.log",
+                        cwd=workdir,
+                    )
+                )
+            lake, nexus = started
+            _wait_answers(lake_port, lake, _credentials("direct"))
+            _wait_answers(entry_port, nexus, _credentials("entry"))
+            yield Processes({"direct": lake_port, "entry": entry_port}, lake.pid, nexus.pid)
+        finally:
+            for process in reversed(started):
+                stop_process(process)
 
 
-def _ghz(port: int, seconds: float) -> tuple[int, int, float, float, float]:
+def _credentials(path: str) -> Metadata:
+    """What a call on ``path`` carries: a client's API key through the entry, Nexus's
+    own credentials straight to the Lake."""
+    return api_key_metadata() if path == "entry" else service_metadata("lake")
+
+
+def _ghz(port: int, seconds: float, metadata: Metadata) -> tuple[int, int, float, float, float]:
     """ok calls, errors, seconds, p50 us, p99 us."""
-    done = run_ghz(port, METHOD, concurrency=CONCURRENCY, seconds=seconds)
+    done = run_ghz(port, METHOD, concurrency=CONCURRENCY, seconds=seconds, metadata=metadata)
     return done.ok, done.errors, done.seconds, done.percentile_us(50), done.percentile_us(99)
 
 
-def _python(port: int, seconds: float) -> tuple[int, int, float, float, float]:
+def _python(port: int, seconds: float, metadata: Metadata) -> tuple[int, int, float, float, float]:
     done = python_load(
         port,
         lambda channel: lake_grpc.StatusServiceStub(channel).GetStatus,
         status_pb2.GetStatusRequest(),
         concurrency=CONCURRENCY,
         seconds=seconds,
+        metadata=metadata,
     )
     summary = summarize_latencies(done.latencies)
     return len(done.latencies), done.errors, done.seconds, summary["p50_us"], summary["p99_us"]
@@ -162,7 +187,7 @@ def _python(port: int, seconds: float) -> tuple[int, int, float, float, float]:
 def _measure(tool: str, path: str, procs: Processes, seconds: float, rnd: int) -> Measurement:
     lake_before, nexus_before = procs.cpu()
     load = _ghz if tool == "ghz" else _python
-    ok, errors, elapsed, p50, p99 = load(procs.ports[path], seconds)
+    ok, errors, elapsed, p50, p99 = load(procs.ports[path], seconds, _credentials(path))
     lake_after, nexus_after = procs.cpu()
     calls = max(ok + errors, 1)
     return Measurement(

@@ -10,6 +10,9 @@
    at 2x the Lake's measured capacity: the admitted calls' p99 against the baseline's,
    and memory (tracemalloc and RSS) across repeated overloads.
 
+Lake calls carry what Nexus sends after its gate and cache: its service token and the
+client it acts for.
+
 ``python -m bench.run limits`` or ``python bench/limits.py [--quick]``."""
 
 from __future__ import annotations
@@ -48,12 +51,14 @@ from datapunk_shared.errors import Unavailable
 from redis.asyncio import Redis
 
 from bench.common import (
+    Authed,
     Bar,
     Result,
     closed_engines,
     free_port,
     main_with_quick,
     running_lake,
+    service_metadata,
     stop_process,
     summarize_latencies,
     wait_until,
@@ -162,7 +167,7 @@ async def _cache(redis_url: str, lake: str, seconds: float) -> dict[str, float]:
         request = pb.GetCollectionRequest(name=COLLECTION)
         call = CallInfo(GET, "10.0.0.1", "alice", request=request.SerializeToString())
         async with grpc.aio.insecure_channel(lake) as channel:
-            stub = pb_grpc.VectorServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = Authed(pb_grpc.VectorServiceStub(channel), service_metadata())  # type: ignore[no-untyped-call]
             answer = (await stub.GetCollection(request, timeout=10)).SerializeToString()
             assert await cache.get(call) is None
             await cache.put(call, answer)
@@ -246,7 +251,7 @@ async def _overload(lake: str, seconds: float) -> dict[str, Any]:
     request = pb.GetCollectionRequest(name=COLLECTION)
     info = CallInfo(GET, "10.0.0.1", "alice")
     async with grpc.aio.insecure_channel(lake) as channel:
-        stub = pb_grpc.VectorServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = Authed(pb_grpc.VectorServiceStub(channel), service_metadata())  # type: ignore[no-untyped-call]
 
         async def through_gate() -> str:
             try:
@@ -326,7 +331,7 @@ def run(quick: bool = False) -> Result:
         # ports rather than at someone's stack.
         with running_lake(work, closed_engines("postgres", "questdb")) as lake_address:
             with grpc.insecure_channel(lake_address) as channel:
-                setup = pb_grpc.VectorServiceStub(channel)  # type: ignore[no-untyped-call]
+                setup = Authed(pb_grpc.VectorServiceStub(channel), service_metadata())  # type: ignore[no-untyped-call]
                 setup.CreateCollection(
                     pb.CreateCollectionRequest(
                         collection_id="bench",

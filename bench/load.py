@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import REPO_ROOT
+from bench.common import REPO_ROOT, Metadata
 
 __all__ = [
     "GHZ",
@@ -61,30 +62,37 @@ def run_ghz(
     concurrency: int,
     seconds: float,
     protoset: Path | None = PROTOSET,
+    metadata: Metadata = (),
 ) -> GhzRun:
-    """ghz calling ``method`` with ``{}`` on 127.0.0.1:``port`` for ``seconds``,
-    ``concurrency`` workers on one connection; the schema from ``protoset``, or from
-    server reflection when that is None."""
+    """ghz calling ``method`` with ``{}`` and ``metadata`` on 127.0.0.1:``port`` for
+    ``seconds``, ``concurrency`` workers on one connection; the schema from ``protoset``,
+    or from server reflection when that is None."""
     schema = ["--protoset", str(protoset)] if protoset is not None else []
-    command = [
-        str(GHZ),
-        "--insecure",
-        *schema,
-        "--call",
-        method,
-        "--data",
-        "{}",
-        "--concurrency",
-        str(concurrency),
-        "--connections",
-        "1",
-        "--duration",
-        f"{seconds}s",
-        "--format",
-        "json",
-        f"127.0.0.1:{port}",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    with tempfile.TemporaryDirectory(prefix="bench-ghz-") as private:
+        # Credentials go in a file of this user's, not on a command line anyone can read.
+        headers = Path(private) / "metadata.json"
+        headers.write_text(json.dumps(dict(metadata)))
+        command = [
+            str(GHZ),
+            "--insecure",
+            *schema,
+            "--metadata-file",
+            str(headers),
+            "--call",
+            method,
+            "--data",
+            "{}",
+            "--concurrency",
+            str(concurrency),
+            "--connections",
+            "1",
+            "--duration",
+            f"{seconds}s",
+            "--format",
+            "json",
+            f"127.0.0.1:{port}",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0 and not done.stdout.strip():
         raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr.strip()}")
     report = json.loads(done.stdout)
@@ -122,9 +130,10 @@ async def _closed_loop(
     request: Any,
     concurrency: int,
     seconds: float,
+    metadata: Metadata,
 ) -> tuple[list[float], int]:
-    """``concurrency`` workers on one channel, each issuing calls back to back for
-    ``seconds``."""
+    """``concurrency`` workers on one channel, each issuing calls (with ``metadata``) back
+    to back for ``seconds``."""
     latencies: list[float] = []
     errors = 0
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -138,7 +147,7 @@ async def _closed_loop(
             while clock() < deadline:
                 started = clock()
                 try:
-                    await method(request, timeout=10.0)
+                    await method(request, timeout=10.0, metadata=metadata)
                 except grpc.aio.AioRpcError:
                     errors += 1
                     continue
@@ -155,10 +164,13 @@ def python_load(
     *,
     concurrency: int,
     seconds: float,
+    metadata: Metadata = (),
 ) -> PythonRun:
     """A ``grpc.aio`` client in a fresh event loop: ``method_of(channel)`` (the stub's
-    bound method) called with ``request``, ``concurrency`` calls in flight on one channel
-    to 127.0.0.1:``port`` for ``seconds``."""
+    bound method) called with ``request`` and ``metadata``, ``concurrency`` calls in flight
+    on one channel to 127.0.0.1:``port`` for ``seconds``."""
     started = time.perf_counter()
-    latencies, errors = asyncio.run(_closed_loop(port, method_of, request, concurrency, seconds))
+    latencies, errors = asyncio.run(
+        _closed_loop(port, method_of, request, concurrency, seconds, metadata)
+    )
     return PythonRun(latencies, errors, time.perf_counter() - started)

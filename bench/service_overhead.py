@@ -17,11 +17,17 @@ calls in flight, latency with one. Rounds alternate which server goes first; the
 ratio and the p50 difference are computed per round (the two runs of a round are
 back to back) and the median over rounds is reported.
 
+The Stream trusts the bench's issuer, and every call to either server carries what Nexus
+sends when it forwards (its service token for ``datapunk:stream`` and the client it acts
+for), the same bytes to both. GetStatus is public, so the service verifies no token here:
+what a token check costs is in ``bench/policy.py``.
+
 Bars: datapunk QPS >= 0.7 x bare QPS; datapunk p50 - bare p50 <= 100 us at 1 in flight.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -39,13 +45,16 @@ from bench.common import (
     BIN,
     REPO_ROOT,
     Bar,
+    Metadata,
     Result,
+    auth_env,
     clean_env,
     closed_engines,
     free_port,
     median,
     process_cpu_seconds,
     require_file,
+    service_metadata,
     start_logged,
     stop_process,
     summarize_latencies,
@@ -130,6 +139,7 @@ def _servers(workdir: Path) -> Iterator[dict[str, int]]:
                 # Engines that are not there: connection refused, the service NOT_SERVING.
                 **closed_engines("kafka", "mqtt", "redis"),
                 "DATAPUNK_LOG__LEVEL": "INFO",
+                **auth_env(),
             }
         )
         service = start_logged(
@@ -168,6 +178,12 @@ def _servers(workdir: Path) -> Iterator[dict[str, int]]:
 # --- the two load generators ----------------------------------------------------------
 
 
+@functools.cache
+def _metadata() -> Metadata:
+    """What every call carries (one token for the whole run)."""
+    return service_metadata("stream")
+
+
 def _ghz(server: str, port: int, concurrency: int, seconds: float, rnd: int) -> Measurement:
     cpu_before = process_cpu_seconds(_pids[port])
     # The descriptor set when there is one (it may be being regenerated), else reflection.
@@ -177,6 +193,7 @@ def _ghz(server: str, port: int, concurrency: int, seconds: float, rnd: int) -> 
         concurrency=concurrency,
         seconds=seconds,
         protoset=PROTOSET if PROTOSET.is_file() else None,
+        metadata=_metadata(),
     )
     cpu = process_cpu_seconds(_pids[port]) - cpu_before
     return Measurement(
@@ -203,6 +220,7 @@ def _python(server: str, port: int, concurrency: int, seconds: float, rnd: int) 
         status_pb2.GetStatusRequest(),
         concurrency=concurrency,
         seconds=seconds,
+        metadata=_metadata(),
     )
     cpu = process_cpu_seconds(_pids[port]) - cpu_before
     latencies, errors = done.latencies, done.errors

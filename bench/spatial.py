@@ -22,7 +22,9 @@ Bars (issue 3): lake/raw load rate >= 0.8; radius and k-nearest p50 <= raw p50 +
 every plan uses the GiST index.
 
 Uses ``engines.postgres.url`` from the configuration (``DATAPUNK_ENGINES__POSTGRES__URL``
-to point it elsewhere); starts its own ``datapunk-lake`` on free ports."""
+to point it elsewhere); starts its own ``datapunk-lake`` on free ports. Every Lake call
+carries what Nexus sends for a client of the tenant ``default`` (its service token and the
+client's identity), so the layers keep their plain table names for the raw side."""
 
 from __future__ import annotations
 
@@ -51,10 +53,12 @@ from datapunk_shared.config import load_settings
 from psycopg import sql
 
 from bench.common import (
+    Authed,
     Bar,
     Result,
     main_with_quick,
     running_lake,
+    service_metadata,
     summarize_latencies,
 )
 
@@ -108,7 +112,7 @@ def _lake(pg_url: str, workdir: Path) -> AbstractContextManager[str]:
     questdb = load_settings().engines.questdb
 
     def probe(channel: grpc.Channel) -> None:
-        stub = spatial_pb2_grpc.SpatialServiceStub(channel)
+        stub = Authed(spatial_pb2_grpc.SpatialServiceStub(channel), service_metadata())
         stub.ListLayers(spatial_pb2.ListLayersRequest(page_size=1), timeout=2)
 
     return running_lake(
@@ -255,7 +259,7 @@ async def _run(quick: bool) -> Result:
             address,
             options=[("grpc.max_send_message_length", 64 << 20)],
         ) as channel:
-            stub = spatial_pb2_grpc.SpatialServiceStub(channel)
+            stub = Authed(spatial_pb2_grpc.SpatialServiceStub(channel), service_metadata())
             for layer_id in (lake_layer, raw_layer):
                 await stub.CreateLayer(spatial_pb2.CreateLayerRequest(layer_id=layer_id))
             try:

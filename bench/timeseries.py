@@ -17,6 +17,10 @@ ts, hostname), in the same run, rounds alternating which side goes first:
   parameters) over one psycopg connection, all rows fetched. Calls alternate lake/raw with
   the same random parameters.
 
+Every Lake call carries what Nexus sends for a client of the tenant ``default`` (its
+service token and the client's identity), so the series keep their plain table names for
+the raw side.
+
 Bars (issue 3): ingest rows/s lake >= 0.7 x raw; per query kind, lake p50 <= 1.2 x raw p50
 + 1 ms. QuestDB addresses come from the configuration (``engines.questdb``)."""
 
@@ -62,10 +66,12 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from questdb import Sender
 
 from bench.common import (
+    Authed,
     Bar,
     Result,
     main_with_quick,
     running_lake,
+    service_metadata,
     summarize_latencies,
     wait_until,
 )
@@ -200,7 +206,10 @@ def _lake(
     workdir: Path, http_url: str, pg_url: str, postgres_url: str
 ) -> AbstractContextManager[str]:
     def probe(channel: grpc.Channel) -> None:
-        stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = Authed(
+            timeseries_pb2_grpc.TimeSeriesServiceStub(channel),  # type: ignore[no-untyped-call]
+            service_metadata(),
+        )
         stub.ListSeries(pb.ListSeriesRequest(page_size=1), timeout=2)
 
     return running_lake(
@@ -381,7 +390,10 @@ async def _run(quick: bool) -> Result:
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ],
         ) as channel:
-            stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = Authed(
+                timeseries_pb2_grpc.TimeSeriesServiceStub(channel),  # type: ignore[no-untyped-call]
+                service_metadata(),
+            )
             try:
                 for round_index in range(rounds):
                     order = ("lake", "raw") if round_index % 2 == 0 else ("raw", "lake")
@@ -412,7 +424,10 @@ async def _run(quick: bool) -> Result:
                     psycopg.connect(questdb.pg_url, autocommit=True) as conn,
                     grpc.insecure_channel(address) as sync_channel,
                 ):
-                    sync_stub = timeseries_pb2_grpc.TimeSeriesServiceStub(sync_channel)  # type: ignore[no-untyped-call]
+                    sync_stub = Authed(
+                        timeseries_pb2_grpc.TimeSeriesServiceStub(sync_channel),  # type: ignore[no-untyped-call]
+                        service_metadata(),
+                    )
                     kinds = _query_kinds(sync_stub, conn, target, data, rng)
                     for kind, make in kinds.items():
                         samples: dict[str, list[float]] = {"lake": [], "raw": []}

@@ -10,7 +10,8 @@ use the same collection configuration (HNSW m=16, ef_construct=100, full-scan th
 * **lake** - ``datapunk-lake`` as a separate process on loopback (embedded engine, shards
   in a temporary directory): ``ImportPoints`` (bidi stream, batches of 1000, acknowledged
   per batch), ``OptimizeCollection`` (a child process), ``SearchPoints`` with a
-  synchronous grpc stub, one call in flight.
+  synchronous grpc stub, one call in flight; every call carries what Nexus sends (its
+  service token and the client it acts for).
 
 Recall@10 is computed against exact search (numpy). The search ef is the smallest of
 64/128/256 at which raw qdrant-edge reaches recall 0.95; the Lake searches with the same
@@ -42,11 +43,13 @@ from datapunk.lake.v1 import vectors_pb2_grpc
 from google.protobuf import struct_pb2
 
 from bench.common import (
+    Authed,
     Bar,
     Result,
     closed_engines,
     main_with_quick,
     running_lake,
+    service_metadata,
     summarize_latencies,
 )
 
@@ -162,7 +165,7 @@ async def _lake_import(address: str, collection: str, data: np.ndarray[Any, Any]
 
     options = [("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
-        stub = pb_grpc.VectorServiceStub(channel)
+        stub = Authed(pb_grpc.VectorServiceStub(channel), service_metadata())
         started = time.perf_counter()
         total = 0
         async for ack in stub.ImportPoints(batches()):
@@ -216,7 +219,7 @@ def run(quick: bool = False) -> Result:
             running_lake(work, lake_settings, vectors=work / "lake") as address,
             grpc.insecure_channel(address) as channel,
         ):
-            stub = pb_grpc.VectorServiceStub(channel)
+            stub = Authed(pb_grpc.VectorServiceStub(channel), service_metadata())
             stub.CreateCollection(
                 pb.CreateCollectionRequest(
                     collection_id="bench",
