@@ -1,6 +1,8 @@
 """Server reflection at the entry for every service behind it, answered from the
 contracts' descriptor set (with its imports), so ``grpcurl <entry> list`` and
-``describe`` work without asking the backends."""
+``describe`` work without asking the backends. The error details every service sends
+(``google.rpc.ErrorInfo``, ``BadRequest``, ``RetryInfo``) are served too, so a client
+that decodes details through reflection (grpcurl) shows them, not raw bytes."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
@@ -20,7 +23,11 @@ def _pool(files: descriptor_pb2.FileDescriptorSet) -> descriptor_pool.Descriptor
     known = {file.name for file in files.file}
     for file in files.file:  # buf writes imports before the files that use them
         pool.Add(file)
-    own: Sequence[FileDescriptor] = (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)
+    own: Sequence[FileDescriptor] = (
+        error_details_pb2.DESCRIPTOR,  # imports only duration.proto, which the set holds
+        health_pb2.DESCRIPTOR,
+        reflection_pb2.DESCRIPTOR,
+    )
     for descriptor in own:
         if descriptor.name not in known:
             proto = descriptor_pb2.FileDescriptorProto()
