@@ -47,7 +47,8 @@ def violations_of(message: Message) -> list[FieldViolation]:
 def _field_violation(violation: Any) -> FieldViolation:
     proto = violation.proto
     parts: list[str] = []
-    for element in proto.field.elements:
+    # A rule on the request message itself (a CEL rule across its fields) has no path.
+    for element in proto.field.elements if proto.field is not None else ():
         path = element.field_name
         subscript = element.subscript
         if subscript is not None and getattr(subscript, "field", None) is not None:
