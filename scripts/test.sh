@@ -28,7 +28,9 @@ step "unit tests and the local stack's tests"
 
 step "local stack"
 # PostgreSQL runs as the 'postgres' user, which must be able to walk to its data dir;
-# a checkout below a private directory (such as /root) keeps the test stack elsewhere.
+# a checkout below a private directory (such as /root) keeps the test stack elsewhere
+# (datapunk_stack.layout.unprivileged_data_dir computes the same directory, so that
+# `datapunk admin-key` finds this stack's key too).
 if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$root" 2>/dev/null; then
   DATAPUNK_STACK__DATA_DIR="/var/tmp/datapunk-$(printf %s "$root" | sha256sum | cut -c1-12)"
   export DATAPUNK_STACK__DATA_DIR

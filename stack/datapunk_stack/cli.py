@@ -1,5 +1,6 @@
 """The ``datapunk`` command: ``up``, ``up --detach``, ``down`` and ``status`` for the
-local stack in ``stack.data_dir`` (``.datapunk/`` in the working directory).
+local stack in ``stack.data_dir`` (``.datapunk/`` in the working directory), and
+``admin-key``, which prints the bootstrap administrator's API key.
 
 The supervisor and the probes (grpc, psycopg, redis, aiokafka, aiomqtt) are imported by
 the commands that use them, so ``down`` and the waiting half of ``up --detach`` start
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--engines-only", action="store_true", help="do not count the services as required"
     )
+    sub.add_parser(
+        "admin-key",
+        help="print the bootstrap administrator's API key (admin of tenant 'default'), "
+        "which 'datapunk up' writes on first start",
+    )
     return parser
 
 
@@ -63,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         elif args.command == "down":
             code = _down(settings, layout)
+        elif args.command == "admin-key":
+            code = _admin_key(settings, layout)
         else:
             code = _status(settings, layout, engines_only=args.engines_only)
     except (ConfigError, StackError) as exc:
@@ -168,6 +176,17 @@ def _wait_stopped(layout: Layout, timeout: float | None) -> bool:
             return False
         time.sleep(0.2)
     return True
+
+
+def _admin_key(settings: Settings, layout: Layout) -> int:
+    from datapunk_stack.admin_key import read_admin_key
+
+    found = read_admin_key(settings, layout)
+    if found.note:
+        # Off stdout, which holds only the key (for KEY=$(datapunk admin-key)).
+        print(f"datapunk: {found.note}", file=sys.stderr)
+    print(found.key)
+    return 0
 
 
 def _status(settings: Settings, layout: Layout, *, engines_only: bool) -> int:

@@ -3,15 +3,24 @@ every log, the supervisor's pid/lock file and its state file."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from datapunk_shared.config import Settings
 
-__all__ = ["SOURCE_ROOT", "Layout", "StackError"]
+__all__ = ["SOURCE_ROOT", "Layout", "StackError", "unprivileged_data_dir"]
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 """The source checkout this package runs from (stack/datapunk_stack/ is two levels down)."""
+
+
+def unprivileged_data_dir(root: Path = SOURCE_ROOT) -> Path:
+    """The data directory ``scripts/test.sh`` gives the stack of the checkout ``root``
+    when it runs as root and the ``postgres`` user cannot enter ``root`` (a checkout
+    under ``/root``): ``/var/tmp/datapunk-<first 12 hex digits of sha256(root)>``."""
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"datapunk-{digest}"
 
 
 class StackError(Exception):
