@@ -593,9 +593,9 @@ class AuditSettings(_Strict):
     """The most records one SearchAuditEvents page returns."""
     export_page_size: Annotated[int, Field(ge=1, le=10_000)] = 500
     """Records ExportAuditEvents reads from PostgreSQL at a time."""
-    platform_admin_role: Annotated[str, Field(min_length=1, max_length=128)] = "platform-admin"
-    """The role that may read the platform trail (records of no tenant, such as failed
-    authentications)."""
+    platform_admin_role: Annotated[str, Field(min_length=1, max_length=128)] = "admin"
+    """The role that, held in the platform tenant (``policy.platform_tenant``), may read
+    the platform trail (records of no tenant, such as failed authentications)."""
     chain_key_secret: Annotated[str, Field(pattern=r"^([a-z][a-z0-9_]{0,63})?$")] = ""
     """The secret (by name, from the secret provider) that keys the chain's HMAC-SHA-256,
     so that nobody without it can forge a consistent chain; empty: plain SHA-256, which

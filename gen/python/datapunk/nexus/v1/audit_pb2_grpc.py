@@ -41,12 +41,13 @@ class AuditServiceStub:
     Every method works on the trail of the caller's tenant, taken from the caller's
     verified identity, never from a request field. Records that belong to no tenant (such
     as authentications that failed before any tenant was known) form the platform trail,
-    which only holders of the platform administrator role (the
-    `nexus.auth.audit.platform_admin_role` setting) may read, by setting `platform`. A call
-    without an authenticated caller fails with UNAUTHENTICATED (reason
-    MISSING_CREDENTIALS); asking for the platform trail without the role fails with
-    PERMISSION_DENIED (reason PLATFORM_ADMIN_REQUIRED). When PostgreSQL cannot be reached
-    the methods fail with UNAVAILABLE (reason AUDIT_UNAVAILABLE).
+    which only the platform's administrators may read, by setting `platform`: holders of
+    the `nexus.auth.audit.platform_admin_role` role (by default `admin`) in the platform
+    tenant (`nexus.auth.policy.platform_tenant`). A call without an authenticated caller
+    fails with UNAUTHENTICATED (reason MISSING_CREDENTIALS); asking for the platform trail
+    without being a platform administrator fails with PERMISSION_DENIED (reason
+    PLATFORM_ADMIN_REQUIRED). When PostgreSQL cannot be reached the methods fail with
+    UNAVAILABLE (reason AUDIT_UNAVAILABLE).
     """
 
     def __init__(self, channel):
@@ -88,12 +89,13 @@ class AuditServiceServicer:
     Every method works on the trail of the caller's tenant, taken from the caller's
     verified identity, never from a request field. Records that belong to no tenant (such
     as authentications that failed before any tenant was known) form the platform trail,
-    which only holders of the platform administrator role (the
-    `nexus.auth.audit.platform_admin_role` setting) may read, by setting `platform`. A call
-    without an authenticated caller fails with UNAUTHENTICATED (reason
-    MISSING_CREDENTIALS); asking for the platform trail without the role fails with
-    PERMISSION_DENIED (reason PLATFORM_ADMIN_REQUIRED). When PostgreSQL cannot be reached
-    the methods fail with UNAVAILABLE (reason AUDIT_UNAVAILABLE).
+    which only the platform's administrators may read, by setting `platform`: holders of
+    the `nexus.auth.audit.platform_admin_role` role (by default `admin`) in the platform
+    tenant (`nexus.auth.policy.platform_tenant`). A call without an authenticated caller
+    fails with UNAUTHENTICATED (reason MISSING_CREDENTIALS); asking for the platform trail
+    without being a platform administrator fails with PERMISSION_DENIED (reason
+    PLATFORM_ADMIN_REQUIRED). When PostgreSQL cannot be reached the methods fail with
+    UNAVAILABLE (reason AUDIT_UNAVAILABLE).
     """
 
     def SearchAuditEvents(self, request, context):
@@ -173,12 +175,13 @@ class AuditService:
     Every method works on the trail of the caller's tenant, taken from the caller's
     verified identity, never from a request field. Records that belong to no tenant (such
     as authentications that failed before any tenant was known) form the platform trail,
-    which only holders of the platform administrator role (the
-    `nexus.auth.audit.platform_admin_role` setting) may read, by setting `platform`. A call
-    without an authenticated caller fails with UNAUTHENTICATED (reason
-    MISSING_CREDENTIALS); asking for the platform trail without the role fails with
-    PERMISSION_DENIED (reason PLATFORM_ADMIN_REQUIRED). When PostgreSQL cannot be reached
-    the methods fail with UNAVAILABLE (reason AUDIT_UNAVAILABLE).
+    which only the platform's administrators may read, by setting `platform`: holders of
+    the `nexus.auth.audit.platform_admin_role` role (by default `admin`) in the platform
+    tenant (`nexus.auth.policy.platform_tenant`). A call without an authenticated caller
+    fails with UNAUTHENTICATED (reason MISSING_CREDENTIALS); asking for the platform trail
+    without being a platform administrator fails with PERMISSION_DENIED (reason
+    PLATFORM_ADMIN_REQUIRED). When PostgreSQL cannot be reached the methods fail with
+    UNAVAILABLE (reason AUDIT_UNAVAILABLE).
     """
 
     @staticmethod

@@ -116,12 +116,17 @@ def _verdict_to_proto(verdict: ChainVerdict) -> audit_pb2.VerifyAuditTrailRespon
 class AuditServicer(_grpc.AuditServiceServicer):  # type: ignore[misc]
     """``datapunk.nexus.v1.AuditService`` over an :class:`AuditStore`."""
 
-    def __init__(self, store: AuditStore, *, platform_admin_role: str) -> None:
+    def __init__(
+        self, store: AuditStore, *, platform_tenant: str, platform_admin_role: str
+    ) -> None:
         self._store = store
+        self._platform_tenant = platform_tenant
         self._platform_admin_role = platform_admin_role
 
     def _trail(self, platform: bool) -> str:
-        """The tenant whose trail the caller reads: its own, or the platform's (empty)."""
+        """The tenant whose trail the caller reads: its own, or the platform's (empty),
+        which belongs to the platform tenant's holders of the platform administrator
+        role (the policy at the entries decides the same before the call gets here)."""
         identity = identity_var.get()
         if identity is None or identity.effective.kind == "anonymous":
             raise Unauthenticated(
@@ -129,7 +134,11 @@ class AuditServicer(_grpc.AuditServiceServicer):  # type: ignore[misc]
             )
         caller = identity.effective
         if platform or not caller.tenant:
-            if self._platform_admin_role not in caller.roles:
+            if not (
+                self._platform_tenant
+                and caller.tenant == self._platform_tenant
+                and self._platform_admin_role in caller.roles
+            ):
                 raise PermissionDenied(
                     "only platform administrators may read the platform's audit trail",
                     reason="PLATFORM_ADMIN_REQUIRED",
@@ -190,7 +199,12 @@ async def add_audit_service(context: ServiceContext, *, chain_key: bytes | None 
         export_page_size=settings.export_page_size,
     )
     _grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(store, platform_admin_role=settings.platform_admin_role), context.server
+        AuditServicer(
+            store,
+            platform_tenant=context.settings.nexus.auth.policy.platform_tenant,
+            platform_admin_role=settings.platform_admin_role,
+        ),
+        context.server,
     )
     context.service_names.append(SERVICE_NAME)
     return audit_log
