@@ -445,6 +445,25 @@ async def test_two_writers_keep_one_chain_per_tenant(
     assert written == {f"{who}-{i}" for who in range(12) for i in range(40)}
 
 
+async def test_a_stale_remembered_head_is_never_written_onto(
+    pool: AsyncConnectionPool, store: AuditStore, tenant: str
+) -> None:
+    """A writer's fast path writes only where the head still is, by number and hash; a
+    head it remembers wrongly (as after a write it could not confirm) sends the batch down
+    the locked path instead of forking the chain."""
+    writer = ChainWriter(pool, ChainHasher(KEY))
+    await writer.append([dataclasses.replace(_event(tenant, 1), time=T0)])
+    other = ChainWriter(pool, ChainHasher(KEY))
+    await other.append([dataclasses.replace(_event(tenant, 2), time=T0)])
+    # Same number as the real head, another hash.
+    writer._known[tenant] = (2, b"\x05" * 32)
+    locked_before = writer.locked_batches
+    (record,) = await writer.append([dataclasses.replace(_event(tenant, 3), time=T0)])
+    assert record.sequence == 3
+    assert writer.locked_batches == locked_before + 1
+    assert (await store.verify(tenant)).ok
+
+
 async def test_retention_removes_old_records_behind_a_checkpoint(
     url: str, audit: AuditLog, store: AuditStore, tenant: str
 ) -> None:

@@ -24,6 +24,7 @@ from datapunk_nexus.identity.audit.events import (
     clean_event,
 )
 from datapunk_shared.auth.identity import Identity
+from datapunk_shared.errors import ConfigError
 
 KEY = b"unit-test-audit-chain-key-32byte"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -160,7 +161,7 @@ def test_the_hash_is_stable_and_covers_every_field() -> None:
 
 
 def test_a_short_chain_key_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least 16 bytes"):
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
         ChainHasher(b"short")
 
 

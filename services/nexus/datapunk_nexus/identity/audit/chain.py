@@ -18,6 +18,8 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from datapunk_shared.errors import ConfigError
+
 from datapunk_nexus.identity.audit.events import RecordedEvent
 
 __all__ = [
@@ -49,7 +51,11 @@ class ChainHasher:
 
     def __init__(self, key: bytes | None = None) -> None:
         if key is not None and len(key) < 16:
-            raise ValueError("an audit chain key must be at least 16 bytes")
+            raise ConfigError(
+                "the audit chain key (the secret nexus.auth.audit.chain_key_secret names) "
+                "must be at least 16 bytes",
+                keys=["nexus.auth.audit.chain_key_secret"],
+            )
         self._key = key
 
     @property

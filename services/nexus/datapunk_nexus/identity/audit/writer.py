@@ -49,8 +49,8 @@ WITH moved AS (
     UPDATE nexus.audit_chain_heads AS h
     SET seq = v.seq, hash = decode(v.hash, 'hex'), seal = decode(v.seal, 'hex')
     FROM json_to_recordset(%(heads)s::json)
-        AS v(tenant text, from_seq bigint, seq bigint, hash text, seal text)
-    WHERE h.tenant = v.tenant AND h.seq = v.from_seq
+        AS v(tenant text, from_seq bigint, from_hash text, seq bigint, hash text, seal text)
+    WHERE h.tenant = v.tenant AND h.seq = v.from_seq AND h.hash = decode(v.from_hash, 'hex')
     RETURNING h.tenant
 ), appended AS (
     INSERT INTO nexus.audit_events
@@ -109,24 +109,26 @@ class ChainWriter:
     async def append(self, events: Sequence[AuditEvent]) -> list[RecordedEvent]:
         """Append ``events`` (cleaned, with times) to their tenants' chains, keeping
         their order within each tenant; returns the records once committed. Raises what
-        psycopg or the pool raise; nothing is half written."""
+        psycopg or the pool raise; a chain is never half written."""
         by_tenant: dict[str, list[AuditEvent]] = {}
         for event in events:
             by_tenant.setdefault(event.tenant, []).append(event)
+        # Heads are remembered only once a write committed, and forgotten while one is
+        # under way: a head that may be stale sends its chain down the locked path.
+        known = {t: self._known.pop(t) for t in by_tenant if t in self._known}
         written: list[RecordedEvent] = []
+        moved: set[str] = set()
         async with self.pool.connection(timeout=self._pool_timeout) as conn:
-            known = {t: self._known[t] for t in by_tenant if t in self._known}
-            moved: set[str] = set()
             if known:
                 try:
-                    records, moved = await self._append(conn, by_tenant, known)
+                    records, heads = await self._append(conn, by_tenant, known)
                 except pg_errors.DeadlockDetected:
-                    # Two fast writes of several chains met in opposite orders; the
+                    # Two fast writes of several chains met in opposite orders and this
                     # statement was rolled back; the locked path takes the locks in order.
-                    records = []
+                    records, heads = [], {}
+                self._remember(heads)
+                moved = set(heads)
                 written += [r for r in records if r.event.tenant in moved]
-                for tenant in known.keys() - moved:
-                    self._known.pop(tenant, None)
             rest = {t: group for t, group in by_tenant.items() if t not in moved}
             if rest:
                 try:
@@ -147,11 +149,12 @@ class ChainWriter:
             cursor = await conn.execute(
                 _LOCK_HEADS, {"genesis": GENESIS_HASH, "tenants": tenants, "seals": seals}
             )
-            heads = {row[0]: (int(row[1]), bytes(row[2])) for row in await cursor.fetchall()}
-            records, moved = await self._append(conn, by_tenant, heads)
-            if moved != set(tenants):
+            locked = {row[0]: (int(row[1]), bytes(row[2])) for row in await cursor.fetchall()}
+            records, heads = await self._append(conn, by_tenant, locked)
+            if set(heads) != set(tenants):
                 # Impossible while the heads are locked; never leave a partial write.
                 raise Internal("audit chain heads moved while they were locked")
+        self._remember(heads)
         return records
 
     async def _append(
@@ -159,9 +162,10 @@ class ChainWriter:
         conn: psycopg.AsyncConnection[Any],
         by_tenant: dict[str, list[AuditEvent]],
         heads: Heads,
-    ) -> tuple[list[RecordedEvent], set[str]]:
+    ) -> tuple[list[RecordedEvent], Heads]:
         """Chain the events of the tenants in ``heads`` onto those heads and write them
-        where the heads still are; returns the records and the tenants written."""
+        where the heads still are; returns the records and the new heads of the chains
+        that were written."""
         hasher = self.hasher
         records: list[RecordedEvent] = []
         moves: list[dict[str, Any]] = []
@@ -177,6 +181,7 @@ class ChainWriter:
                 {
                     "tenant": tenant,
                     "from_seq": heads[tenant][0],
+                    "from_hash": heads[tenant][1].hex(),
                     "seq": sequence,
                     "hash": previous.hex(),
                     "seal": hasher.head_seal(tenant, sequence, previous).hex(),
@@ -190,8 +195,7 @@ class ChainWriter:
             },
         )
         moved = {row[0] for row in await cursor.fetchall()}
-        self._remember({t: new_heads[t] for t in moved})
-        return records, moved
+        return records, {t: new_heads[t] for t in moved}
 
     def _remember(self, heads: Heads) -> None:
         if len(self._known) + len(heads) > self._max_known_heads:
