@@ -6,7 +6,10 @@
 # Assumes the stack is already running. Installs and generates what it needs first:
 # .venv (scripts/python-env.sh), build/protodeps, the pinned Go tools
 # (scripts/install-tools.sh), the Go stubs (contract-tests/go/gen.sh), node_modules (npm ci).
-# Addresses: LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR (defaults 127.0.0.1:50051/50052/50053).
+# Addresses: LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR (defaults 127.0.0.1:50051/50052/50053) and
+# ENTRY_ADDR, Nexus's gRPC entry (default 127.0.0.1:50050), which every suite calls with
+# the API key CONTRACT_API_KEY (default: the stack's bootstrap administrator key,
+# `datapunk admin-key`, read with the same DATAPUNK_* environment the stack was started with).
 # Usage: contract-tests/run.sh [grpcurl|go|node ...]   (default: all three)
 # Exits non-zero if any suite fails; every suite runs even when an earlier one failed.
 set -uo pipefail
@@ -18,7 +21,7 @@ suites=("$@")
 export LAKE_ADDR="${LAKE_ADDR:-127.0.0.1:50051}"
 export STREAM_ADDR="${STREAM_ADDR:-127.0.0.1:50052}"
 export NEXUS_ADDR="${NEXUS_ADDR:-127.0.0.1:50053}"
-export ENTRY_ADDR="${ENTRY_ADDR:-127.0.0.1:50050}"  # Nexus's gRPC entry (grpcurl suite)
+export ENTRY_ADDR="${ENTRY_ADDR:-127.0.0.1:50050}"  # Nexus's gRPC entry
 
 banner() { printf '\n===== %s\n' "$*"; }
 now() { date +%s.%N; }
@@ -49,8 +52,13 @@ for s in "${suites[@]}"; do
     *) echo "contract-tests: unknown suite '$s' (want grpcurl, go or node)" >&2; exit 2 ;;
   esac
 done
+# The credential every suite calls the entry with (never printed).
+if [ -z "${CONTRACT_API_KEY:-}" ]; then
+  CONTRACT_API_KEY="$(cd "$root" && .venv/bin/datapunk admin-key)"
+fi
+export CONTRACT_API_KEY
 set +e
-echo "prepared in $(since "$start"); targets: lake=$LAKE_ADDR stream=$STREAM_ADDR nexus=$NEXUS_ADDR"
+echo "prepared in $(since "$start"); targets: lake=$LAKE_ADDR stream=$STREAM_ADDR nexus=$NEXUS_ADDR entry=$ENTRY_ADDR"
 
 # A service that has just started may not answer yet: wait up to CONTRACT_WAIT_SECONDS
 # (default 20) for each to answer over gRPC, then run the suites either way.

@@ -2,8 +2,14 @@
 // generated from proto/ (see gen.sh): a client we did not write in Python, speaking only
 // the published contract.
 //
-// Addresses come from LAKE_ADDR, STREAM_ADDR and NEXUS_ADDR (defaults 127.0.0.1:50051,
-// 50052, 50053). Run with contract-tests/run.sh, or after ./gen.sh with `go test ./...`.
+// Clients reach the services through Nexus's gRPC entry (ENTRY_ADDR, default
+// 127.0.0.1:50050) with a credential: every call there carries the API key in
+// CONTRACT_API_KEY as `x-api-key` metadata (run.sh sets it from `datapunk admin-key`).
+// The services' own ports (LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR; defaults 127.0.0.1:50051,
+// 50052, 50053) accept only Nexus's service tokens: they are called directly only for
+// what stays public there (health, StatusService) and to check that the rest is refused.
+// Run with contract-tests/run.sh, or after ./gen.sh with
+// `CONTRACT_API_KEY=$(datapunk admin-key) go test ./...`.
 package contracttests
 
 import (
@@ -20,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -76,17 +83,43 @@ var targets = []target{
 }
 
 func (tg target) address() string {
-	if v := os.Getenv(tg.envVar); v != "" {
-		return v
-	}
-	return tg.addr
+	return envOr(tg.envVar, tg.addr)
 }
 
-func dial(t *testing.T, tg target) *grpc.ClientConn {
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
+
+// entryAddress is Nexus's gRPC entry, one address for every service.
+func entryAddress() string {
+	return envOr("ENTRY_ADDR", "127.0.0.1:50050")
+}
+
+// apiKey is the credential the entry is called with.
+func apiKey(t *testing.T) string {
+	key := os.Getenv("CONTRACT_API_KEY")
+	if key == "" {
+		t.Fatalf("CONTRACT_API_KEY is not set: give an API key the entry accepts (datapunk admin-key)")
+	}
+	return key
+}
+
+// dial connects to addr; with a non-empty key every unary call carries it as x-api-key.
+func dial(t *testing.T, addr, key string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(tg.address(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if key != "" {
+		opts = append(opts, grpc.WithUnaryInterceptor(func(ctx context.Context, method string,
+			req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(metadata.AppendToOutgoingContext(ctx, "x-api-key", key), method, req, reply, cc, opts...)
+		}))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
-		t.Fatalf("%s: cannot create a client for %s (%s): %v", tg.name, tg.address(), tg.envVar, err)
+		t.Fatalf("cannot create a client for %s: %v", addr, err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
 	return conn
@@ -98,38 +131,145 @@ func rpcContext(t *testing.T) context.Context {
 	return ctx
 }
 
+// TestContract checks each service's StatusService through the entry, with the API key.
 func TestContract(t *testing.T) {
+	entry := dial(t, entryAddress(), apiKey(t))
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
-			conn := dial(t, tg)
-			if !t.Run("HealthCheck", func(t *testing.T) { testHealth(t, tg, conn) }) {
-				t.Fatalf("%s at %s (%s) does not answer health checks; its other checks are skipped",
-					tg.name, tg.address(), tg.envVar)
+			direct := dial(t, tg.address(), "")
+			if !t.Run("HealthCheck", func(t *testing.T) { testHealth(t, tg, direct, entry) }) {
+				t.Fatalf("%s at %s (%s) or the entry at %s does not answer health checks; "+
+					"its other checks are skipped", tg.name, tg.address(), tg.envVar, entryAddress())
 			}
-			t.Run("GetStatus", func(t *testing.T) { testGetStatus(t, tg, conn) })
-			t.Run("InvalidArgument", func(t *testing.T) { testInvalid(t, tg, conn) })
+			t.Run("GetStatus", func(t *testing.T) { testGetStatus(t, tg, entry) })
+			t.Run("InvalidArgument", func(t *testing.T) { testInvalid(t, tg, entry) })
 		})
 	}
 }
 
-// testHealth checks the standard gRPC health service answers, for the whole server and
-// for the StatusService by name. NOT_SERVING is a valid answer (an engine may be down);
-// UNKNOWN, SERVICE_UNKNOWN and errors are not.
-func testHealth(t *testing.T, tg target, conn *grpc.ClientConn) {
-	client := healthpb.NewHealthClient(conn)
-	for _, svc := range []string{"", tg.service} {
-		resp, err := client.Check(rpcContext(t), &healthpb.HealthCheckRequest{Service: svc})
+// testHealth checks the standard gRPC health service answers: the service's own, on its
+// port without credentials, for the whole server and for the StatusService by name; and
+// the entry's. NOT_SERVING is a valid answer (an engine may be down); UNKNOWN,
+// SERVICE_UNKNOWN and errors are not.
+func testHealth(t *testing.T, tg target, direct, entry *grpc.ClientConn) {
+	checks := []struct {
+		where   string
+		conn    *grpc.ClientConn
+		service string
+	}{
+		{tg.address(), direct, ""},
+		{tg.address(), direct, tg.service},
+		{"the entry at " + entryAddress(), entry, ""},
+	}
+	for _, c := range checks {
+		resp, err := healthpb.NewHealthClient(c.conn).Check(rpcContext(t),
+			&healthpb.HealthCheckRequest{Service: c.service})
 		if err != nil {
-			t.Fatalf("%s at %s: grpc.health.v1.Health/Check(service=%q) failed: %v",
-				tg.name, tg.address(), svc, err)
+			t.Fatalf("%s: grpc.health.v1.Health/Check(service=%q) failed: %v", c.where, c.service, err)
 		}
 		switch resp.GetStatus() {
 		case healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_NOT_SERVING:
-			t.Logf("health(%q) = %s", svc, resp.GetStatus())
+			t.Logf("%s: health(%q) = %s", c.where, c.service, resp.GetStatus())
 		default:
-			t.Errorf("health(%q) = %s, want SERVING or NOT_SERVING", svc, resp.GetStatus())
+			t.Errorf("%s: health(%q) = %s, want SERVING or NOT_SERVING", c.where, c.service, resp.GetStatus())
 		}
 	}
+}
+
+// TestCredentials checks who may call what: public calls (health, StatusService) need no
+// credential, at the entry or on a service's port; everything else needs one at the entry
+// (refused UNAUTHENTICATED with reason MISSING_CREDENTIALS without) and a Nexus service
+// token on a service's port, which no client holds.
+func TestCredentials(t *testing.T) {
+	key := apiKey(t)
+	anonymous := dial(t, entryAddress(), "")
+	withKey := dial(t, entryAddress(), key)
+	lake := targets[0]
+	lakePort := dial(t, lake.address(), "")
+
+	t.Run("StatusIsOpen", func(t *testing.T) {
+		for _, tg := range targets {
+			for where, conn := range map[string]*grpc.ClientConn{
+				"the entry at " + entryAddress(): anonymous,
+				tg.address():                     dial(t, tg.address(), ""),
+			} {
+				if _, st, err := tg.call(rpcContext(t), conn, nil, nil); err != nil || st.GetService() != tg.name {
+					t.Errorf("%s: %s/GetStatus without credentials = %v, %v; want this service's status",
+						where, tg.service, st, err)
+				}
+			}
+		}
+	})
+	t.Run("EntryWithoutCredentials", func(t *testing.T) {
+		_, err := lakev1.NewVectorServiceClient(anonymous).ListCollections(rpcContext(t), &lakev1.ListCollectionsRequest{})
+		wantRefused(t, err, codes.Unauthenticated, "MISSING_CREDENTIALS")
+		_, err = nexusv1.NewApiKeyServiceClient(anonymous).ListApiKeys(rpcContext(t), &nexusv1.ListApiKeysRequest{})
+		wantRefused(t, err, codes.Unauthenticated, "MISSING_CREDENTIALS")
+	})
+	t.Run("EntryWithUnknownApiKey", func(t *testing.T) {
+		ctx := metadata.AppendToOutgoingContext(rpcContext(t), "x-api-key", "dpk_contract0000_notakeynotakeynotakeynotakey")
+		_, err := lakev1.NewVectorServiceClient(anonymous).ListCollections(ctx, &lakev1.ListCollectionsRequest{})
+		wantRefused(t, err, codes.Unauthenticated, "INVALID_API_KEY")
+	})
+	t.Run("EntryWithApiKey", func(t *testing.T) {
+		if _, err := lakev1.NewVectorServiceClient(withKey).ListCollections(rpcContext(t), &lakev1.ListCollectionsRequest{}); err != nil {
+			t.Errorf("ListCollections with the API key failed: %v", err)
+		}
+		who, err := nexusv1.NewAuthServiceClient(withKey).WhoAmI(rpcContext(t), &nexusv1.WhoAmIRequest{})
+		if err != nil {
+			t.Fatalf("WhoAmI with the API key failed: %v", err)
+		}
+		caller := who
+		if who.GetOnBehalfOf() != nil { // Nexus's service forwarding the caller
+			caller = who.GetOnBehalfOf()
+		}
+		if caller.GetKind() != "api_key" || caller.GetTenant() != "default" || !contains(caller.GetRoles(), "admin") {
+			t.Errorf("WhoAmI = %v, want an api_key with the admin role of tenant default", who)
+		}
+	})
+	t.Run("LakePortWithoutServiceToken", func(t *testing.T) {
+		client := lakev1.NewVectorServiceClient(lakePort)
+		_, err := client.ListCollections(rpcContext(t), &lakev1.ListCollectionsRequest{})
+		wantRefused(t, err, codes.Unauthenticated, "MISSING_CREDENTIALS")
+		// The API key is for the entry; the Lake does not take it in place of a service token.
+		ctx := metadata.AppendToOutgoingContext(rpcContext(t), "x-api-key", key)
+		_, err = client.ListCollections(ctx, &lakev1.ListCollectionsRequest{})
+		wantRefused(t, err, codes.Unauthenticated, "")
+	})
+}
+
+// wantRefused checks err has the code and an ErrorInfo of domain datapunk.dev with the
+// reason (any reason when reason is empty).
+func wantRefused(t *testing.T, err error, code codes.Code, reason string) {
+	t.Helper()
+	s, _ := status.FromError(err)
+	if s.Code() != code {
+		t.Fatalf("got %v, want code %s", err, code)
+	}
+	info := errorInfo(s)
+	if info == nil || info.GetDomain() != errorDomain || info.GetReason() == "" ||
+		(reason != "" && info.GetReason() != reason) {
+		t.Errorf("want an ErrorInfo with domain %q and reason %q, got %v", errorDomain, reason, info)
+	}
+	t.Logf("%s: %s (%s)", s.Code(), s.Message(), info.GetReason())
+}
+
+func errorInfo(s *status.Status) *errdetails.ErrorInfo {
+	for _, d := range s.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	return nil
+}
+
+func contains(list []string, want string) bool {
+	for _, v := range list {
+		if v == want {
+			return true
+		}
+	}
+	return false
 }
 
 func testGetStatus(t *testing.T, tg target, conn *grpc.ClientConn) {
@@ -231,13 +371,10 @@ func testInvalid(t *testing.T, tg target, conn *grpc.ClientConn) {
 			if s.Code() != codes.InvalidArgument {
 				t.Fatalf("got %v, want code InvalidArgument", err)
 			}
-			var info *errdetails.ErrorInfo
+			info := errorInfo(s)
 			var bad *errdetails.BadRequest
 			for _, d := range s.Details() {
-				switch d := d.(type) {
-				case *errdetails.ErrorInfo:
-					info = d
-				case *errdetails.BadRequest:
+				if d, ok := d.(*errdetails.BadRequest); ok {
 					bad = d
 				}
 			}

@@ -2,10 +2,15 @@
 // @grpc/proto-loader reading the repository's own proto/ files (and build/protodeps for
 // google/api and buf/validate) at run time — no generated code, nothing from Python.
 //
-// Addresses: LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR (defaults 127.0.0.1:50051/50052/50053).
+// Clients reach the services through Nexus's gRPC entry (ENTRY_ADDR, default
+// 127.0.0.1:50050) with a credential: calls there carry the API key in CONTRACT_API_KEY
+// as `x-api-key` metadata (run.sh sets it from `datapunk admin-key`). The services' own
+// ports (LAKE_ADDR, STREAM_ADDR, NEXUS_ADDR; defaults 127.0.0.1:50051/50052/50053) accept
+// only Nexus's service tokens: they are called directly only for what stays public there
+// (health, StatusService) and to check that the rest is refused.
 // Error details (google.rpc.Status) are decoded with google/rpc/*.proto from the
 // googleapis-common-protos wheel in .venv, or from GOOGLEAPIS_PROTO_ROOT if set.
-// Run: contract-tests/run.sh, or `npm ci && node --test` here.
+// Run: contract-tests/run.sh, or `npm ci && CONTRACT_API_KEY=$(datapunk admin-key) node --test` here.
 'use strict';
 
 const { describe, test, before, after } = require('node:test');
@@ -24,6 +29,11 @@ const loaderOptions = { keepCase: true, longs: String, enums: String, defaults: 
 const ERROR_DOMAIN = 'datapunk.dev';
 const ENGINE_NAME = /^[a-z][a-z0-9_]{0,31}$/;
 const RPC_TIMEOUT_MS = 10_000;
+const ENTRY = process.env.ENTRY_ADDR || '127.0.0.1:50050';
+const API_KEY = process.env.CONTRACT_API_KEY;
+if (!API_KEY) {
+  throw new Error('CONTRACT_API_KEY is not set: give an API key the entry accepts (datapunk admin-key)');
+}
 
 const targets = [
   { name: 'lake', env: 'LAKE_ADDR', addr: '127.0.0.1:50051' },
@@ -37,7 +47,12 @@ const targets = [
 
 const contract = grpc.loadPackageDefinition(
   protoLoader.loadSync(
-    targets.map((t) => `datapunk/${t.name}/v1/status.proto`),
+    [
+      ...targets.map((t) => `datapunk/${t.name}/v1/status.proto`),
+      'datapunk/lake/v1/vectors.proto',
+      'datapunk/nexus/v1/auth.proto',
+      'datapunk/nexus/v1/api_keys.proto',
+    ],
     { ...loaderOptions, includeDirs },
   ),
 );
@@ -86,30 +101,60 @@ function deadline() {
   return { deadline: Date.now() + RPC_TIMEOUT_MS };
 }
 
+/** Metadata carrying the API key (or another x-api-key value); none for `null`. */
+function credentials(key = API_KEY) {
+  const md = new grpc.Metadata();
+  if (key !== null) md.set('x-api-key', key);
+  return md;
+}
+
 /** Promisified unary call; rejects with the grpc-js ServiceError. */
-function call(client, method, request) {
+function call(client, method, request, metadata = new grpc.Metadata()) {
   return new Promise((resolve, reject) => {
-    client[method](request, deadline(), (err, response) => (err ? reject(err) : resolve(response)));
+    client[method](request, metadata, deadline(), (err, response) => (err ? reject(err) : resolve(response)));
   });
 }
 
+/** The error a call that must fail rejects with. */
+function refusal(promise) {
+  return promise.then(
+    (resp) => assert.fail(`want an error, got a response: ${JSON.stringify(resp)}`),
+    (e) => e,
+  );
+}
+
+/** Asserts err is UNAUTHENTICATED with an ErrorInfo of our domain (and `reason`, if given). */
+function assertUnauthenticated(err, reason) {
+  assert.equal(err.code, grpc.status.UNAUTHENTICATED, `want UNAUTHENTICATED, got ${err.code}: ${err.details}`);
+  const info = errorDetails(err).ErrorInfo;
+  assert.ok(info, 'the error carries no google.rpc.ErrorInfo');
+  assert.equal(info.domain, ERROR_DOMAIN);
+  assert.ok(info.reason, 'ErrorInfo.reason is empty');
+  if (reason) assert.equal(info.reason, reason);
+}
+
+const insecure = () => grpc.credentials.createInsecure();
+
 for (const t of targets) {
-  describe(`${t.name} at ${t.address}`, () => {
-    let status;
+  describe(`${t.name} through the entry at ${ENTRY} (service port ${t.address})`, () => {
+    let status; // through the entry
+    let directStatus;
     let health;
+    let entryHealth;
     before(() => {
       const pkg = contract.datapunk[t.name].v1;
-      status = new pkg.StatusService(t.address, grpc.credentials.createInsecure());
-      health = new healthProto.grpc.health.v1.Health(t.address, grpc.credentials.createInsecure());
+      status = new pkg.StatusService(ENTRY, insecure());
+      directStatus = new pkg.StatusService(t.address, insecure());
+      health = new healthProto.grpc.health.v1.Health(t.address, insecure());
+      entryHealth = new healthProto.grpc.health.v1.Health(ENTRY, insecure());
     });
     after(() => {
-      status.close();
-      health.close();
+      for (const client of [status, directStatus, health, entryHealth]) client.close();
     });
 
-    test('grpc.health.v1.Health/Check answers for the server and for the StatusService', async () => {
-      for (const service of ['', t.service]) {
-        const resp = await call(health, 'Check', { service });
+    test('grpc.health.v1.Health/Check answers without credentials: the service for itself and its StatusService, the entry', async () => {
+      for (const [client, service] of [[health, ''], [health, t.service], [entryHealth, '']]) {
+        const resp = await call(client, 'Check', { service });
         assert.ok(
           ['SERVING', 'NOT_SERVING'].includes(resp.status),
           `health(${JSON.stringify(service)}) = ${resp.status}, want SERVING or NOT_SERVING`,
@@ -117,8 +162,15 @@ for (const t of targets) {
       }
     });
 
+    test('GetStatus stays open without credentials, through the entry and on the service port', async () => {
+      for (const client of [status, directStatus]) {
+        const resp = await call(client, 'GetStatus', {});
+        assert.equal(resp.status.service, t.name);
+      }
+    });
+
     test('GetStatus returns this service\'s status', async () => {
-      const resp = await call(status, 'GetStatus', {});
+      const resp = await call(status, 'GetStatus', {}, credentials());
       const st = resp.status;
       assert.ok(st, 'GetStatusResponse.status is missing');
       assert.equal(st.service, t.name);
@@ -141,7 +193,7 @@ for (const t of targets) {
         }
       }
       if (names.length > 0) {
-        const only = await call(status, 'GetStatus', { engines: [names[0]] });
+        const only = await call(status, 'GetStatus', { engines: [names[0]] }, credentials());
         assert.deepEqual((only.status.engines || []).map((e) => e.name), [names[0]],
           'GetStatus(engines=[first]) must report exactly that engine');
       }
@@ -153,10 +205,7 @@ for (const t of targets) {
     ];
     for (const [what, request, field] of invalid) {
       test(`GetStatus with ${what} fails with INVALID_ARGUMENT`, async () => {
-        const err = await call(status, 'GetStatus', request).then(
-          (resp) => assert.fail(`want INVALID_ARGUMENT, got a response: ${JSON.stringify(resp)}`),
-          (e) => e,
-        );
+        const err = await refusal(call(status, 'GetStatus', request, credentials()));
         assert.equal(err.code, grpc.status.INVALID_ARGUMENT, `want INVALID_ARGUMENT, got ${err.code}: ${err.details}`);
         const details = errorDetails(err);
         assert.ok(details.ErrorInfo, 'the error carries no google.rpc.ErrorInfo');
@@ -169,3 +218,45 @@ for (const t of targets) {
     }
   });
 }
+
+describe(`credentials at the entry ${ENTRY} and the Lake's port`, () => {
+  const lakePort = targets.find((t) => t.name === 'lake').address;
+  let vectors;
+  let apiKeys;
+  let auth;
+  let lakeVectors;
+  before(() => {
+    vectors = new contract.datapunk.lake.v1.VectorService(ENTRY, insecure());
+    apiKeys = new contract.datapunk.nexus.v1.ApiKeyService(ENTRY, insecure());
+    auth = new contract.datapunk.nexus.v1.AuthService(ENTRY, insecure());
+    lakeVectors = new contract.datapunk.lake.v1.VectorService(lakePort, insecure());
+  });
+  after(() => {
+    for (const client of [vectors, apiKeys, auth, lakeVectors]) client.close();
+  });
+
+  test('a call without credentials is refused: UNAUTHENTICATED, reason MISSING_CREDENTIALS', async () => {
+    assertUnauthenticated(await refusal(call(vectors, 'ListCollections', {})), 'MISSING_CREDENTIALS');
+    assertUnauthenticated(await refusal(call(apiKeys, 'ListApiKeys', {})), 'MISSING_CREDENTIALS');
+  });
+
+  test('an unknown API key is refused: UNAUTHENTICATED, reason INVALID_API_KEY', async () => {
+    const bad = credentials('dpk_contract0000_notakeynotakeynotakeynotakey');
+    assertUnauthenticated(await refusal(call(vectors, 'ListCollections', {}, bad)), 'INVALID_API_KEY');
+  });
+
+  test('the API key is an admin of tenant default and reaches the Lake through the entry', async () => {
+    const page = await call(vectors, 'ListCollections', {}, credentials());
+    assert.ok(Array.isArray(page.collections || []));
+    const who = await call(auth, 'WhoAmI', {}, credentials());
+    const caller = who.on_behalf_of || who; // Nexus's service forwarding the caller
+    assert.equal(caller.kind, 'api_key');
+    assert.equal(caller.tenant, 'default');
+    assert.ok((caller.roles || []).includes('admin'), `roles ${caller.roles}`);
+  });
+
+  test("the Lake's port refuses a call without a Nexus service token, even with the API key", async () => {
+    assertUnauthenticated(await refusal(call(lakeVectors, 'ListCollections', {})), 'MISSING_CREDENTIALS');
+    assertUnauthenticated(await refusal(call(lakeVectors, 'ListCollections', {}, credentials())));
+  });
+});
