@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the engines the local stack runs (see ../shared/BRIEF.md, "The engines"):
-# PostgreSQL 15 + PostGIS, Redis, Mosquitto, kcat and SoftHSM2 from Debian packages, and the
-# QuestDB and Kafka jars from Maven into build/engines/lib/. Safe to run again: each
-# step is skipped when its result is already there, so a second run takes a second.
+# PostgreSQL 15 + PostGIS, Redis, Mosquitto, kcat, SoftHSM2 and jq from Debian packages,
+# and the QuestDB and Kafka jars from Maven into build/engines/lib/. Safe to run again:
+# each step is skipped when its result is already there, so a second run takes a second.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -11,8 +11,9 @@ JAVA_HOME_25="${DATAPUNK_JAVA_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}"
 LIB_DIR="$root/build/engines/lib"
 POM="$root/stack/engines/pom.xml"
 # wrk is the HTTP load generator of the REST edge benchmark (bench/edge.py); softhsm2
-# is the PKCS#11 token Nexus's signing keys are generated on and sign with.
-APT_PACKAGES=(postgresql-15 postgresql-15-postgis-3 redis-server mosquitto mosquitto-clients kcat wrk softhsm2)
+# is the PKCS#11 token Nexus's signing keys are generated on and sign with; jq picks
+# keys, secrets and tokens out of JSON answers in the README's examples.
+APT_PACKAGES=(postgresql-15 postgresql-15-postgis-3 redis-server mosquitto mosquitto-clients kcat wrk softhsm2 jq)
 
 say() { printf 'install-engines: %s\n' "$*"; }
 die() { printf 'install-engines: error: %s\n' "$*" >&2; exit 1; }
