@@ -16,6 +16,8 @@ What travels on to the backend is Nexus's own service token and the caller's ide
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,7 +29,7 @@ from datapunk_shared.auth.interceptor import (
     encode_on_behalf,
 )
 from datapunk_shared.auth.remembered import RememberedTokens
-from datapunk_shared.auth.tokens import RevocationCheck, TokenVerifier
+from datapunk_shared.auth.tokens import KeySource, RevocationCheck, TokenVerifier
 from datapunk_shared.errors import DatapunkError, InvalidArgument, Unauthenticated
 from google.protobuf import descriptor_pool, empty_pb2, message_factory
 from google.protobuf.message import DecodeError, Message
@@ -94,7 +96,9 @@ class EdgeAuthenticator:
     Verified tokens are remembered (bounded, at most ``cache_seconds``, never past
     their expiry) because a client presents the same token on many calls and an ES256
     verification costs far more than a lookup; a remembered token is still checked
-    against the revocation list on every call."""
+    against the revocation list on every call and, when it is Nexus's own
+    (``own_issuer``), against the published signing keys (``own_keys``): deleting a key
+    ends its tokens at once, remembered or not."""
 
     def __init__(
         self,
@@ -102,6 +106,8 @@ class EdgeAuthenticator:
         api_keys: ApiKeyAuthenticator | None,
         *,
         is_revoked: RevocationCheck | None = None,
+        own_keys: KeySource | None = None,
+        own_issuer: str = "",
         cache_size: int = 10_000,
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
@@ -111,6 +117,8 @@ class EdgeAuthenticator:
         )
         self._api_keys = api_keys
         self._is_revoked = is_revoked
+        self._own_keys = own_keys
+        self._own_issuer = own_issuer
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Identity | None:
         if authorization is not None and api_key is not None:
@@ -138,7 +146,21 @@ class EdgeAuthenticator:
         if self._is_revoked is not None and await self._is_revoked(identity.credential_id):
             self._tokens.forget(token)
             raise Unauthenticated("the token has been revoked", reason="TOKEN_REVOKED")
+        # ...and, when Nexus signed it, against the keys it publishes (a lookup in memory).
+        if self._own_keys is not None and identity.issuer == self._own_issuer:
+            try:
+                await self._own_keys.key(self._own_issuer, _kid_of(token))
+            except Unauthenticated:  # UNKNOWN_KEY: its key was deleted since
+                self._tokens.forget(token)
+                raise
         return identity
+
+
+def _kid_of(token: str) -> str:
+    """The ``kid`` of a token already verified (so its header is sound JSON)."""
+    segment = token.partition(".")[0]
+    header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return str(header.get("kid", ""))
 
 
 def _action_of(requirement: Requirement) -> str:

@@ -109,7 +109,11 @@ async def build_access_control(
     context.cleanups.append(verifier.aclose)
     guard = AccessGuard(
         EdgeAuthenticator(
-            verifier, api_keys.authenticator, is_revoked=oauth.revocations.is_revoked
+            verifier,
+            api_keys.authenticator,
+            is_revoked=oauth.revocations.is_revoked,
+            own_keys=oauth.keys,
+            own_issuer=oauth.issuer,
         ),
         authorizer,
         Requirements(settings.nexus.descriptor_set),
