@@ -38,6 +38,8 @@ class AccessToken:
     expires_at: int
     scopes: tuple[str, ...]
     audience: str
+    kid: str
+    """The id of the key that signed it."""
 
     @property
     def expires_in(self) -> int:
@@ -60,6 +62,10 @@ class AccessTokenMinter:
         self._issuer = issuer
         self._ttl = ttl
         self._clock = clock
+
+    def active_kid(self) -> str:
+        """The id of the key new tokens are signed with now."""
+        return self._signer().kid
 
     def mint(self, client: OAuthClient, scopes: Sequence[str], audience: str) -> AccessToken:
         """A new access token for ``client`` with ``scopes`` for ``audience``."""
@@ -105,6 +111,7 @@ class AccessTokenMinter:
             expires_at=expires,
             scopes=scopes,
             audience=audience,
+            kid=signer.kid,
         )
 
 
