@@ -21,8 +21,10 @@ Each level runs ``SECONDS`` (less with ``--quick``) per side; the two sides alte
 which goes first. Both run in this one process and event loop, so the Python cost of the
 callers is in both numbers.
 
-Bars: ours/raw records per second with 64 callers >= 1.0; ours p50 with 1 caller <=
-raw p50 + 0.5 ms; the chain written by two writers verifies.
+Bars: ours/raw records per second with 64 callers >= 1.0; ours/raw p50 with 1 caller
+<= 2.5 (a lone record costs more than a bare INSERT: the head row it moves, the hashing,
+the hop through the writer task; a ratio, because the absolute gap grows with the load
+of the shared machine); the chain written by two writers verifies.
 
 Uses ``engines.postgres.url`` from the configuration; works in a scratch database it
 creates on that server (the Nexus migrations 0001 and 0006 applied) and drops."""
@@ -67,7 +69,7 @@ LEVELS = (1, 16, 64)
 SECONDS = 4.0
 QUICK_SECONDS = 1.5
 THROUGHPUT_RATIO_BAR = 1.0
-P50_OVERHEAD_BAR_US = 500.0
+P50_RATIO_BAR = 2.5
 TENANT = "bench"
 KEY = b"bench-audit-chain-key-32-bytes!!"
 
@@ -235,7 +237,7 @@ async def _run(quick: bool) -> Result:
 
     levels = details["levels"]
     ratio = levels["64"]["ours"]["records_per_s"] / levels["64"]["raw"]["records_per_s"]
-    p50_gap = levels["1"]["ours"]["p50_us"] - levels["1"]["raw"]["p50_us"]
+    p50_ratio = levels["1"]["ours"]["p50_us"] / levels["1"]["raw"]["p50_us"]
     chain_ok = 1.0 if details["verify"]["ok"] else 0.0
     return Result(
         name=NAME,
@@ -244,7 +246,7 @@ async def _run(quick: bool) -> Result:
         rows=rows,
         bars=[
             Bar("ours/raw records/s, 64 callers", ratio, THROUGHPUT_RATIO_BAR, ">=", "x"),
-            Bar("ours p50 - raw p50, 1 caller", p50_gap, P50_OVERHEAD_BAR_US, "<=", " us"),
+            Bar("ours/raw p50, 1 caller", p50_ratio, P50_RATIO_BAR, "<=", "x"),
             Bar("chain of two writers verifies", chain_ok, 1.0, ">="),
         ],
         details=details,

@@ -169,3 +169,17 @@ async def test_close_writes_what_waits_and_then_refuses() -> None:
     await asyncio.gather(*tasks, closing)
     assert sum(len(batch) for batch in writer.batches) == 3
     await _unavailable(audit.record(_event("late")))
+
+
+async def test_linger_gathers_records_that_arrive_close_together() -> None:
+    """With ``linger``, a batch waits that long for more records even when no commit is
+    under way (the default, 0, relies on the commit in flight alone)."""
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5, linger=0.2)
+    tasks = []
+    for i in range(5):
+        tasks.append(asyncio.create_task(audit.record(_event(str(i)))))
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*tasks)
+    assert writer.batches == [[str(i) for i in range(5)]]
+    await audit.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, LiteralString
@@ -81,7 +81,7 @@ def audit_unavailable(message: str, retry_after: float = 1.0) -> Unavailable:
 
 
 @contextlib.contextmanager
-def _engine_errors(doing: str) -> Any:
+def _engine_errors(doing: str) -> Iterator[None]:
     """Every failure to reach or use PostgreSQL becomes AUDIT_UNAVAILABLE (named by its
     class only: driver messages may quote data)."""
     try:
