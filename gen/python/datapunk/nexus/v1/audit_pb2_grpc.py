@@ -127,7 +127,9 @@ class AuditServiceServicer:
         which it is broken and how: a record edited, inserted, missing (deleted) or moved out
         of order. Walking the whole trail also checks that its newest records were not cut
         off. A trail whose oldest records were removed by retention starts at its latest
-        checkpoint, which vouches for the removed records.
+        checkpoint, which vouches for the removed records. The range is read in one
+        consistent snapshot at some tens of thousands of records a second: verify a long
+        trail range by range, or give the call a deadline long enough for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
