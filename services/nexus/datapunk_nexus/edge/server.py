@@ -426,7 +426,7 @@ class RestEdge:
         )
 
     async def _authenticate(self, caller: Caller) -> Identity | None:
-        return None if self.guard is None else await self.guard.authenticate(caller)
+        return None if self.guard is None else await self.guard.authenticate(caller, self.gate)
 
     async def _authorize(self, caller: Caller, identity: Identity | None, request: bytes) -> None:
         if self.guard is not None:

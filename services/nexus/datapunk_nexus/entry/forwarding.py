@@ -135,7 +135,7 @@ class _Forwarder:
 
     async def _admit(self, caller: Caller, request: bytes) -> tuple[Identity | None, CallInfo]:
         """Authenticate the caller; the call as the gate and the cache see it."""
-        identity = None if self.guard is None else await self.guard.authenticate(caller)
+        identity = None if self.guard is None else await self.guard.authenticate(caller, self.gate)
         return identity, call_info(caller, identity, request)
 
     async def _authorize(self, caller: Caller, identity: Identity | None, request: bytes) -> None:

@@ -39,7 +39,7 @@ from datapunk_nexus.identity.api_keys.key_format import key_id_of
 from datapunk_nexus.identity.audit import AuditEvent, AuditLog, Outcome
 from datapunk_nexus.identity.policy import PolicyAuthorizer, Requirement, Requirements
 from datapunk_nexus.identity.service_tokens import ServiceTokens
-from datapunk_nexus.policy import CallInfo
+from datapunk_nexus.policy import CallInfo, RequestGate
 
 __all__ = [
     "API_KEY_HEADER",
@@ -212,9 +212,18 @@ class AccessGuard:
 
     # --- the steps ----------------------------------------------------------------------
 
-    async def authenticate(self, caller: Caller) -> Identity | None:
+    async def authenticate(
+        self, caller: Caller, gate: RequestGate | None = None
+    ) -> Identity | None:
         """The caller's identity (None: it sent no credential); a bad credential is
-        audited on the platform's trail and raised."""
+        audited on the platform's trail and raised.
+
+        With ``gate``, a refused credential also counts against the rate limits as a call
+        of nobody from the caller's address, so guessing API keys or tokens meets the
+        limits keyed by client IP (or by caller): over them the refusal becomes
+        RESOURCE_EXHAUSTED (429). Under a rule keyed by client IP a right guess from that
+        address is refused the same way by the entry's own limit check, so the answers
+        tell a guesser nothing."""
         try:
             return await self._authenticator.authenticate(caller.authorization, caller.api_key)
         except Unauthenticated as refused:
@@ -227,6 +236,8 @@ class AccessGuard:
                 reason=refused.reason,
                 credential_id=credential or "",
             )
+            if gate is not None:
+                await gate.check_rate(call_info(caller, None, b""))
             raise
 
     def requirement_of(self, method: str, request: Message | bytes) -> Requirement:
