@@ -1,9 +1,12 @@
 """An OpenAPI 3 document generated from the route table: paths from the ``google.api.http``
 rules, schemas from the messages in their proto3 JSON form with the contracts' comments
-as descriptions, and every error as a ``google.rpc.Status``."""
+as descriptions, every error as a ``google.rpc.Status``, and — for an edge that enforces
+access — the credentials it accepts (a bearer token or an ``x-api-key`` header) with the
+401 and 403 answers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -63,6 +66,30 @@ _ERROR_RESPONSES = {
     "429": "A rate limit was reached; see `Retry-After`.",
     "503": "The owning service is unavailable; retry after `Retry-After` seconds.",
     "504": "The owning service did not answer within the route's timeout.",
+}
+
+
+# The credentials the edge accepts (docs/identity.md): either one, never both.
+_SECURITY_SCHEMES: Json = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An access token: Nexus's own (OAuth client credentials, "
+        "`POST /oauth/token`) or one of a trusted OpenID Connect provider.",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "An API key, `dpk_<id>_<secret>`.",
+    },
+}
+_AUTH_RESPONSES = {
+    "401": "No credential, or one that is not valid (malformed, expired, revoked, of an "
+    "untrusted issuer); the `WWW-Authenticate` header names the scheme.",
+    "403": "The caller may not make this call (its policy allows no such action on this "
+    "resource); ErrorInfo names the `action` and `resource`.",
 }
 
 
@@ -205,7 +232,9 @@ def _query_parameters(
     return params
 
 
-def _operation(schemas: _Schemas, route: Route, suffix: str) -> Json:
+def _operation(
+    schemas: _Schemas, route: Route, suffix: str, is_public: Callable[[str], bool] | None
+) -> Json:
     _, path_params = route.template.openapi()
     parameters: list[Json] = [
         {
@@ -252,21 +281,38 @@ def _operation(schemas: _Schemas, route: Route, suffix: str) -> Json:
         content = {"application/json": {"schema": ok_schema}}
         ok = "The response message."
     responses: Json = {"200": {"description": ok, "content": content}}
-    for code in _ERROR_RESPONSES:
+    errors = list(_ERROR_RESPONSES)
+    if is_public is not None:
+        # Any call with a bad credential is refused; only a protected one can be denied.
+        public = is_public(route.grpc_method)
+        errors += ["401"] if public else ["401", "403"]
+        if public:
+            operation["security"] = []  # anyone may call it
+    for code in sorted(errors):
         responses[code] = {"$ref": f"#/components/responses/E{code}"}
     responses["default"] = {"$ref": "#/components/responses/Error"}
     operation["responses"] = responses
     return operation
 
 
-def build_openapi(table: RouteTable, *, title: str = "Datapunk REST API") -> Json:
-    """The OpenAPI 3.0 document of every route."""
+def build_openapi(
+    table: RouteTable,
+    *,
+    title: str = "Datapunk REST API",
+    is_public: Callable[[str], bool] | None = None,
+) -> Json:
+    """The OpenAPI 3.0 document of every route. ``is_public`` (gRPC method -> whether
+    anyone may call it) is given by an edge that enforces access: the document then
+    declares its credentials, required on every other operation, and the 401/403
+    answers; without it the document declares none (an edge without access control)."""
     schemas = _Schemas(table.comments)
     paths: Json = {}
     for route in sorted(table.routes, key=lambda r: (r.template.openapi()[0], r.http_method)):
         path = route.template.openapi()[0]
         suffix = f"_{route.binding}" if route.binding else ""
-        paths.setdefault(path, {})[route.http_method.lower()] = _operation(schemas, route, suffix)
+        paths.setdefault(path, {})[route.http_method.lower()] = _operation(
+            schemas, route, suffix, is_public
+        )
     error_content = {
         "application/json": {"schema": {"$ref": f"#/components/schemas/{STATUS_SCHEMA}"}}
     }
@@ -275,8 +321,26 @@ def build_openapi(table: RouteTable, *, title: str = "Datapunk REST API") -> Jso
         for code, text in _ERROR_RESPONSES.items()
     }
     responses["Error"] = {"description": "Any other error.", "content": error_content}
+    components: Json = {"schemas": schemas.components, "responses": responses}
+    security: list[Json] = []
+    if is_public is not None:
+        responses.update(
+            {
+                f"E{code}": {"description": text, "content": error_content}
+                for code, text in _AUTH_RESPONSES.items()
+            }
+        )
+        responses["E401"]["headers"] = {
+            "WWW-Authenticate": {
+                "description": "The authentication scheme to use (RFC 6750).",
+                "schema": {"type": "string"},
+            }
+        }
+        components["securitySchemes"] = _SECURITY_SCHEMES
+        # One of the two, on every operation that does not say otherwise.
+        security = [{"bearerAuth": []}, {"apiKey": []}]
     packages = sorted({r.package for r in table.routes})
-    return {
+    document: Json = {
         "openapi": "3.0.3",
         "info": {
             "title": title,
@@ -286,5 +350,8 @@ def build_openapi(table: RouteTable, *, title: str = "Datapunk REST API") -> Jso
             + "). Every operation is also a gRPC method; errors are google.rpc.Status.",
         },
         "paths": paths,
-        "components": {"schemas": schemas.components, "responses": responses},
+        "components": components,
     }
+    if security:
+        document["security"] = security
+    return document

@@ -183,7 +183,9 @@ class RestEdge:
         )
         self._trusted = tuple(settings.trusted_proxies)
         self._security = dict(security_headers(settings.hsts_max_age))
-        self.openapi = build_openapi(table)
+        self.openapi = build_openapi(
+            table, is_public=guard.is_public if guard is not None else None
+        )
         self._openapi_body = json.dumps(self.openapi, separators=(",", ":")).encode()
         self._docs_body = render_docs(self.openapi).encode()
         self._plain: dict[str, dict[str, PlainHandler]] = {}

@@ -240,6 +240,14 @@ class AccessGuard:
                 await gate.check_rate(call_info(caller, None, b""))
             raise
 
+    def is_public(self, method: str) -> bool:
+        """Whether anyone may call ``method`` without a credential (status, health, the
+        token endpoints); a method no rule maps is not."""
+        try:
+            return self.requirement_of(method, b"").public
+        except DatapunkError:
+            return False
+
     def requirement_of(self, method: str, request: Message | bytes) -> Requirement:
         """What a call of ``method`` with ``request`` (decoded or serialized) needs."""
         if isinstance(request, bytes):
