@@ -1,6 +1,7 @@
 """CacheService.InvalidateCache on a real Nexus process: the invalidation reaches every
 instance through Redis (generations bumped, channel message published), bad tags get
-INVALID_ARGUMENT with field violations. And two real Nexus processes share a rate limit
+INVALID_ARGUMENT with field violations — called the way an administrator calls it, with
+its API key through the gRPC entry. And two real Nexus processes share a rate limit
 through their gRPC entries."""
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from datapunk_shared.config import Settings
 from datapunk_shared.rpc.status_codes import STATUS_DETAILS_KEY
 from google.rpc import error_details_pb2
 from google.rpc import status_pb2 as rpc_status_pb2
+from grpc_health.v1 import health_pb2
 from redis.asyncio import Redis
 
-from tests.support import free_port, run_service
+from tests.auth_support import entry_channel
+from tests.support import free_port, run_service, wait_until
 
 
 def nexus_env(settings: Settings, prefix: str, **extra: str) -> dict[str, str]:
@@ -43,8 +46,13 @@ async def test_invalidate_cache_reaches_redis_and_the_channel(
     pubsub = redis.pubsub()
     try:
         await pubsub.subscribe(prefix + "invalidate")
-        with run_service("nexus", tmp_path, nexus_env(settings, prefix)) as nexus:
-            async with grpc.aio.insecure_channel(nexus.address) as channel:
+        entry = free_port()
+        env = nexus_env(settings, prefix, DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entry))
+        with run_service("nexus", tmp_path, env) as nexus:
+            # Serving: its signing keys (for its call to itself) and administrator exist.
+            serving = health_pb2.HealthCheckResponse.SERVING
+            wait_until(lambda: nexus.health() == serving, timeout=30)
+            async with entry_channel(f"127.0.0.1:{entry}") as channel:
                 stub = cache_pb2_grpc.CacheServiceStub(channel)
                 tags = ["lake/collections/docs", "lake/layers/roads/features/7"]
                 response = await stub.InvalidateCache(

@@ -33,6 +33,7 @@ from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.auth_support import entry_channel
 from tests.support import RunningService, free_port, run_service, wait_until
 
 
@@ -78,8 +79,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             run_service("nexus", tmp, _entry_env(settings, backends, port))
         )
         entry = f"127.0.0.1:{port}"
-        _wait_for_health(entry)
+        _wait_until_ready(nexus, entry)
         yield Stack(lake, stream, nexus, entry)
+
+
+def _wait_until_ready(nexus: RunningService, entry: str) -> None:
+    """The entry answers, and Nexus is SERVING: its signing keys are loaded (it cannot
+    call a backend without its service token) and its bootstrap administrator exists."""
+    _wait_for_health(entry)
+    wait_until(lambda: nexus.health() == health_pb2.HealthCheckResponse.SERVING, timeout=30)
 
 
 def _wait_for_health(address: str) -> None:
@@ -98,7 +106,8 @@ def _wait_for_health(address: str) -> None:
 
 @pytest.fixture
 async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(stack.entry) as channel:
+    # The test Nexus's bootstrap administrator: data calls need a credential.
+    async with entry_channel(stack.entry) as channel:
         yield channel
 
 
@@ -315,11 +324,11 @@ def slow(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterator[Slo
             stream = running.enter_context(run_service("stream", tmp, env))
             port = free_port()
             backends = {"lake": stack.lake.address, "stream": stream.address}
-            running.enter_context(
+            nexus = running.enter_context(
                 run_service("nexus", tmp, _entry_env(load_settings(), backends, port))
             )
             entry = f"127.0.0.1:{port}"
-            _wait_for_health(entry)
+            _wait_until_ready(nexus, entry)
             yield Slow(stream, entry)
     finally:
         hole.close()
@@ -394,10 +403,10 @@ async def test_request_id_is_added_and_reaches_the_backend(
 async def test_backend_down_is_unavailable_with_retry_info(tmp_path: Path, stack: Stack) -> None:
     port = free_port()
     backends = {"lake": f"127.0.0.1:{free_port()}", "stream": stack.stream.address}
-    with run_service("nexus", tmp_path, _entry_env(load_settings(), backends, port)):
+    with run_service("nexus", tmp_path, _entry_env(load_settings(), backends, port)) as nexus:
         entry = f"127.0.0.1:{port}"
-        _wait_for_health(entry)
-        async with grpc.aio.insecure_channel(entry) as ch:
+        _wait_until_ready(nexus, entry)
+        async with entry_channel(entry) as ch:
             stub = vec_grpc.VectorServiceStub(ch)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.ListCollections(vec.ListCollectionsRequest(), timeout=10)
@@ -425,13 +434,20 @@ async def test_unknown_service_is_unimplemented_with_error_info(
     assert error.metadata["method"] == "/acme.widgets.v1.WidgetService/GetWidget"
 
 
-async def test_unknown_method_of_a_known_service_is_answered_by_its_owner(
-    channel: grpc.aio.Channel,
+async def test_unknown_method_of_a_known_service_is_refused_as_unmapped(
+    stack: Stack, channel: grpc.aio.Channel
 ) -> None:
+    # A method missing from the descriptor set would go to its owner, but nobody has
+    # decided what it needs, so even the administrator is refused and it never leaves.
+    rid = f"unmapped-{uuid.uuid4().hex[:8]}"
     call: Any = channel.unary_unary("/datapunk.lake.v1.VectorService/NoSuchMethod")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call(b"")
-    assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        await call(b"", metadata=((REQUEST_ID_KEY, rid),))
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    error = error_from_rpc_error(caught.value)
+    assert error.reason == "UNMAPPED_METHOD"
+    assert error.metadata["method"] == "/datapunk.lake.v1.VectorService/NoSuchMethod"
+    assert rid not in stack.lake.log()
 
 
 # --- the entry's own services ---------------------------------------------------------

@@ -414,23 +414,35 @@ async def test_signing_keys(oauth: OAuthHarness, stub: Any) -> None:
 
 
 async def test_auth_service_over_rest(oauth: OAuthHarness, stub: Any) -> None:
-    client, secret = await oauth.client(tenant="acme", roles=("tenant-admin",))
+    # The REST edge enforces access as Nexus's does: it verifies the client's token,
+    # decides with the tenant's policy (the built-in admin role may manage clients),
+    # and calls AuthService with its own service token on the client's behalf.
+    client, secret = await oauth.client(tenant="acme", roles=("admin",))
+    reader, reader_secret = await oauth.client(tenant="acme", roles=("reader",))
     async with aiohttp.ClientSession(base_url=oauth.url) as http:
-        async with http.post(
-            "/v1/nexus/auth/tokens:issue",
-            json={
-                "grantType": "client_credentials",
-                "clientId": client.client_id,
-                "clientSecret": secret,
-            },
-        ) as response:
-            assert response.status == 200, await response.text()
-            issued = await response.json()
+
+        async def issue(client_id: str, client_secret: str) -> dict[str, Any]:
+            async with http.post(
+                "/v1/nexus/auth/tokens:issue",
+                json={
+                    "grantType": "client_credentials",
+                    "clientId": client_id,
+                    "clientSecret": client_secret,
+                },
+            ) as response:
+                assert response.status == 200, await response.text()
+                issued: dict[str, Any] = await response.json()
+            return issued
+
+        issued = await issue(client.client_id, secret)
         headers = {"Authorization": f"Bearer {issued['accessToken']}"}
         async with http.get("/v1/nexus/auth/whoami", headers=headers) as response:
-            assert response.status == 200
+            assert response.status == 200, await response.text()
             me = await response.json()
-        assert me["subject"] == f"client:{client.client_id}"
+        # AuthService sees the edge, acting for the client.
+        assert me["subject"] == "service:nexus"
+        assert me["onBehalfOf"]["subject"] == f"client:{client.client_id}"
+        assert me["onBehalfOf"]["tenant"] == "acme"
         async with http.post(
             "/v1/nexus/auth/clients",
             json={"clientId": "acme-over-rest", "allowedScopes": ["x"]},
@@ -439,8 +451,24 @@ async def test_auth_service_over_rest(oauth: OAuthHarness, stub: Any) -> None:
             assert response.status == 200, await response.text()
             created = await response.json()
         assert created["client"]["tenant"] == "acme"
+
+        # A reader may not manage clients: refused at the edge, with what it lacked.
+        read_only = await issue(reader.client_id, reader_secret)
+        async with http.post(
+            "/v1/nexus/auth/clients",
+            json={"clientId": "acme-by-reader"},
+            headers={"Authorization": f"Bearer {read_only['accessToken']}"},
+        ) as response:
+            assert response.status == 403, await response.text()
+            denied = await response.json()
+        info = next(d for d in denied["details"] if d["@type"].endswith("ErrorInfo"))
+        assert info["reason"] == "PERMISSION_DENIED"
+        assert info["metadata"]["action"] == "admin"
+        assert info["metadata"]["resource"] == "route/datapunk.nexus.v1.AuthService.CreateClient"
+
         async with http.get("/v1/nexus/auth/whoami") as response:
             assert response.status == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
             error = await response.json()
         info = next(d for d in error["details"] if d["@type"].endswith("ErrorInfo"))
         assert info["reason"] == "MISSING_CREDENTIALS"

@@ -2,7 +2,10 @@
 migrations, a software-key signing ring on it, the authorization server, AuthService
 on a real grpc.aio server behind the Datapunk edges (authentication by bearer token,
 anonymous calls allowed through so that IssueToken works), and a real REST edge serving
-both the transcoded AuthService routes and the plain OAuth endpoints.
+both the transcoded AuthService routes and the plain OAuth endpoints. The REST edge
+enforces access as Nexus's does (an ``AccessGuard`` with the policy and the audit trail
+on the same database): it authenticates the caller's token, decides, records, and calls
+AuthService with the harness's own service token on the caller's behalf.
 
 Each harness has its own database, so a ring made here never touches the keys of the
 stack's Nexus."""
@@ -18,9 +21,11 @@ from typing import Any
 import grpc
 import psycopg
 from datapunk_nexus.backends import Backends
-from datapunk_nexus.contracts import default_descriptor_set
+from datapunk_nexus.contracts import default_descriptor_set, load_contracts
 from datapunk_nexus.edge.routes import load_routes
 from datapunk_nexus.edge.server import RestEdge
+from datapunk_nexus.identity.audit.servicer import add_audit_service
+from datapunk_nexus.identity.enforce import AccessGuard, EdgeAuthenticator
 from datapunk_nexus.identity.oauth import (
     AuthorizationServer,
     ClientSpec,
@@ -29,10 +34,15 @@ from datapunk_nexus.identity.oauth import (
     build_authorization_server,
     oauth_http_routes,
 )
+from datapunk_nexus.identity.policy import Requirements, add_policy_service
+from datapunk_nexus.identity.service_tokens import ServiceTokens
 from datapunk_nexus.identity.signing import SigningKeyRing, SoftwareKeys
 from datapunk_shared.auth.identity import ANONYMOUS, Identity
 from datapunk_shared.auth.interceptor import CallerAuthenticator
+from datapunk_shared.auth.tokens import TokenVerifier
+from datapunk_shared.auth.verifiers import build_verifier
 from datapunk_shared.config import (
+    AuthSettings,
     EngineSettings,
     NexusAuthSettings,
     NexusSettings,
@@ -42,6 +52,7 @@ from datapunk_shared.config import (
     Settings,
 )
 from datapunk_shared.db import apply_migrations, load_migrations
+from datapunk_shared.errors import Unauthenticated
 from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor
 from datapunk_shared.rpc.server import ServiceContext, create_server
 from datapunk_shared.secrets import EnvSecretProvider
@@ -61,6 +72,24 @@ class _OptionalCredentials(CallerAuthenticator):
         if not any(key == "authorization" for key, _ in pairs):
             return ANONYMOUS
         return await super().authenticate(pairs)
+
+
+class _ClientOrServiceTokens:
+    """Client tokens as the authorization server verifies them (any audience it issued
+    them for); a service token (the REST edge calling on a client's behalf) by the
+    verifier a Nexus entry uses."""
+
+    def __init__(self, server: AuthorizationServer, services: TokenVerifier) -> None:
+        self._server = server
+        self._services = services
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            return await self._server.verify(token)
+        except Unauthenticated as refused:
+            if refused.reason != "WRONG_TOKEN_TYPE":
+                raise
+            return await self._services.verify(token)
 
 
 @dataclass
@@ -124,6 +153,7 @@ async def oauth_harness(base: Settings, **oauth: Any) -> AsyncIterator[OAuthHarn
             auth=NexusAuthSettings(oauth=oauth_settings),
         ),
         engines=EngineSettings(postgres=PostgresSettings(url=url)),
+        auth=AuthSettings(issuer=issuer),
     )
     pool = AsyncConnectionPool(url, min_size=1, max_size=8, open=False)
     await pool.open()
@@ -140,6 +170,15 @@ async def oauth_harness(base: Settings, **oauth: Any) -> AsyncIterator[OAuthHarn
         await server.start()
         cleanups.append(server.stop)
 
+        # Nexus's own and its clients' tokens, as a Nexus entry verifies them.
+        verifier = build_verifier(
+            settings.auth,
+            service="nexus",
+            extra_audiences=[oauth_settings.audience],
+            nexus_keys=server.keys,
+            is_revoked=server.revocations.is_revoked,
+        )
+        cleanups.append(verifier.aclose)
         edges = DatapunkServerInterceptor(
             "nexus",
             access_log="all",
@@ -147,23 +186,44 @@ async def oauth_harness(base: Settings, **oauth: Any) -> AsyncIterator[OAuthHarn
             # entry (which then forwards on their behalf); cache_seconds=0 so that a
             # revocation is seen by the very next call.
             authenticator=_OptionalCredentials(
-                server, kinds=("client", "service"), cache_seconds=0.0
+                _ClientOrServiceTokens(server, verifier),
+                kinds=("client", "service"),
+                cache_seconds=0.0,
             ),
         )
         grpc_server, grpc_port = create_server("127.0.0.1:0", edges=edges)
         context = ServiceContext(
             settings=settings, service_settings=settings.nexus, server=grpc_server
         )
+
+        async def close_context() -> None:
+            for cleanup in reversed(context.cleanups):
+                await cleanup()
+
+        cleanups.append(close_context)
         add_auth_service(context, server)
+        authorizer = await add_policy_service(context, pool)
+        audit = await add_audit_service(context)
         await grpc_server.start()
         cleanups.append(lambda: grpc_server.stop(None))
         grpc_address = f"127.0.0.1:{grpc_port}"
 
         addresses = {"nexus": grpc_address, "lake": grpc_address, "stream": grpc_address}
+        guard = AccessGuard(
+            EdgeAuthenticator(
+                verifier, None, is_revoked=server.revocations.is_revoked, cache_seconds=0.0
+            ),
+            authorizer,
+            Requirements(),
+            audit,
+            ServiceTokens(server.minter, settings.auth.audience),
+            load_contracts().pool,
+        )
         edge = RestEdge(
             settings.nexus.rest,
             load_routes(default_descriptor_set()),
             Backends(addresses, max_message_bytes=16 * 1024 * 1024),
+            guard=guard,
         )
         edge.add_plain_routes(oauth_http_routes(server))
         await edge.start()

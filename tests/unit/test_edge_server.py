@@ -347,9 +347,11 @@ async def test_gate_sees_the_call_and_adds_its_headers(edge: RestEdge) -> None:
     assert seen[0].request  # the serialized request, for cache keys
 
 
-async def test_request_id_and_credentials_reach_the_backend_cookies_do_not(
+async def test_request_id_reaches_the_backend_credentials_and_cookies_do_not(
     backend: tuple[str, ItemBackend],
 ) -> None:
+    # The caller's credentials stay at the edge (Nexus sends its own service token and
+    # the caller's identity instead, see AccessGuard); so does a claimed on-behalf-of.
     address, items = backend
     async with rest_edge({"test": address}) as edge:
         await call(
@@ -357,13 +359,21 @@ async def test_request_id_and_credentials_reach_the_backend_cookies_do_not(
             "POST",
             "/v1/test/control",
             {},
-            headers={"x-request-id": "rid-7", "Authorization": "Bearer t", "Cookie": "c=1"},
+            headers={
+                "x-request-id": "rid-7",
+                "Authorization": "Bearer t",
+                "x-api-key": "dpk_a_b",
+                "x-datapunk-on-behalf-of": "{}",
+                "Cookie": "c=1",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            },
         )
     received = items.metadata_seen[-1]
     assert received["x-request-id"] == "rid-7"
-    assert received["authorization"] == "Bearer t"
     assert received["x-forwarded-for"] == "127.0.0.1"
-    assert "cookie" not in received
+    assert received["traceparent"].startswith("00-0af7651916cd43dd")
+    for withheld in ("authorization", "x-api-key", "x-datapunk-on-behalf-of", "cookie"):
+        assert withheld not in received
 
 
 # --- policies ---------------------------------------------------------------------------

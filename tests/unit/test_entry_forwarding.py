@@ -267,6 +267,25 @@ async def test_metadata_and_request_id_reach_the_backend_and_come_back(
     assert dict(await call.trailing_metadata())[REQUEST_ID_KEY] == "mine-1"
 
 
+async def test_the_callers_credentials_stay_at_the_entry(env: Env, channel: Any) -> None:
+    # Nexus sends its own service token and the caller's identity instead (AccessGuard);
+    # without a guard nothing of the kind is sent, and the caller's never is.
+    credentials = (
+        ("authorization", "Bearer t"),
+        ("x-api-key", "dpk_a_b"),
+        ("x-datapunk-on-behalf-of", "{}"),
+    )
+    await channel.unary_unary(UNARY)(b"m", metadata=(*credentials, ("x-tenant", "acme")))
+    got = env.seen.metadata[-1]
+    assert got["x-tenant"] == "acme"
+    for key, _ in credentials:
+        assert key not in got
+    call = channel.stream_stream(CHAT)(_items(b"a"), metadata=credentials)
+    assert [r async for r in call] == [b"a"]
+    for key, _ in credentials:
+        assert key not in env.seen.metadata[-1]
+
+
 async def test_deadline_of_the_caller_reaches_the_backend(env: Env, channel: Any) -> None:
     await channel.unary_unary(UNARY)(b"d", timeout=5)
     remaining = env.seen.deadlines[-1]
