@@ -24,6 +24,7 @@ from datapunk_nexus.identity.api_keys.key_format import (
     parse_api_key,
 )
 from datapunk_nexus.identity.api_keys.store import PostgresApiKeyStore
+from datapunk_nexus.identity.delegation import require_roles_held
 
 __all__ = ["MAX_GRACE_PERIOD", "ApiKeyManager", "utc_now"]
 
@@ -34,10 +35,6 @@ _ID_ATTEMPTS = 5  # ids are ~62 random bits: a second attempt is already unheard
 def utc_now() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)
-
-
-ADMIN_ROLE = "admin"
-"""The built-in role that administers a tenant (datapunk_nexus.identity.policy)."""
 
 
 def _tenant_of(caller: Identity) -> str:
@@ -144,17 +141,7 @@ class ApiKeyManager:
         own key's expiry by minting another."""
         tenant = _tenant_of(caller)
         wanted_roles = _distinct(roles)
-        # A tenant administrator hands out any role of its tenant (the policy already
-        # lets it grant them); anyone else only roles it holds itself.
-        held = caller.roles
-        missing = [] if ADMIN_ROLE in held else sorted(set(wanted_roles) - held)
-        if missing:
-            raise PermissionDenied(
-                "an API key may only carry roles its creator holds; the caller lacks "
-                + ", ".join(missing),
-                reason="ROLE_NOT_HELD",
-                metadata={"roles": ",".join(missing)},
-            )
+        require_roles_held(caller.roles, wanted_roles, "an API key")
         now = self._clock()
         expiry = _within_creator_key(caller, self._expiry(expire_time, now), expire_time)
         for attempt in range(_ID_ATTEMPTS):
@@ -233,7 +220,8 @@ class ApiKeyManager:
         self, caller: Identity, key_id: str, *, grace_period: timedelta = timedelta(0)
     ) -> IssuedApiKey:
         """A new secret for the key; the replaced one works for ``grace_period`` more
-        (never past the key's own expiry)."""
+        (never past the key's own expiry). The new secret goes to the caller, so it must
+        hold the key's roles (``ROLE_NOT_HELD`` otherwise), as for making the key."""
         if not timedelta(0) <= grace_period <= MAX_GRACE_PERIOD:
             raise InvalidArgument(
                 "grace_period must be between 0 and 7 days",
@@ -245,6 +233,9 @@ class ApiKeyManager:
                 reason="INVALID_GRACE_PERIOD",
             )
         tenant = _tenant_of(caller)
+        require_roles_held(
+            caller.roles, (await self._store.get(tenant, key_id)).roles, "an API key"
+        )
         now = self._clock()
         secret = new_secret()
         previous_until = now + grace_period if grace_period > timedelta(0) else None

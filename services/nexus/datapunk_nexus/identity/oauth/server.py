@@ -9,7 +9,7 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from datapunk_shared.errors import (
 from datapunk_shared.logging import get_logger
 from psycopg_pool import AsyncConnectionPool
 
+from datapunk_nexus.identity.delegation import require_roles_held
 from datapunk_nexus.identity.oauth._pg import connection
 from datapunk_nexus.identity.oauth.access import AccessToken, AccessTokenMinter
 from datapunk_nexus.identity.oauth.client_secrets import SecretHasher, new_client_secret
@@ -155,15 +156,29 @@ class AuthorizationServer:
 
     # --- clients ------------------------------------------------------------------------
 
-    async def create_client(self, tenant: str, spec: ClientSpec) -> tuple[OAuthClient, str]:
-        """A new client in ``tenant`` and its secret (returned only here)."""
+    async def create_client(
+        self, tenant: str, spec: ClientSpec, *, held_roles: Collection[str] | None = None
+    ) -> tuple[OAuthClient, str]:
+        """A new client in ``tenant`` and its secret (returned only here). ``held_roles``
+        are the roles of the caller making it, which must allow handing out the client's
+        roles (``ROLE_NOT_HELD`` otherwise, see ``identity.delegation``); None only when
+        the platform itself makes a client."""
+        if held_roles is not None:
+            require_roles_held(held_roles, spec.roles, "an OAuth client")
         secret = new_client_secret()
         client = await self.clients.create(tenant, spec, await self._hasher.hash(secret))
         log.info("oauth client created", client_id=client.client_id, tenant=tenant)
         return client, secret
 
-    async def rotate_client_secret(self, tenant: str, client_id: str) -> tuple[OAuthClient, str]:
-        """A new secret for a client of ``tenant``; the old one stops working at once."""
+    async def rotate_client_secret(
+        self, tenant: str, client_id: str, *, held_roles: Collection[str] | None = None
+    ) -> tuple[OAuthClient, str]:
+        """A new secret for a client of ``tenant``; the old one stops working at once. The
+        new secret goes to the caller, so its ``held_roles`` must allow the client's roles,
+        as for making the client."""
+        if held_roles is not None:
+            client = await self.clients.get(tenant, client_id)
+            require_roles_held(held_roles, client.roles, "an OAuth client")
         secret = new_client_secret()
         client = await self.clients.set_secret(tenant, client_id, await self._hasher.hash(secret))
         log.info("oauth client secret rotated", client_id=client_id, tenant=tenant)

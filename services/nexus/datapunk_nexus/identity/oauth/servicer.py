@@ -115,7 +115,9 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
             allowed_audiences=tuple(given.allowed_audiences),
             allow_refresh_tokens=given.allow_refresh_tokens,
         )
-        client, secret = await self._server.create_client(_caller_tenant(), spec)
+        client, secret = await self._server.create_client(
+            _caller_tenant(), spec, held_roles=_caller().roles
+        )
         return auth_pb2.CreateClientResponse(client=_client_message(client), client_secret=secret)
 
     async def GetClient(
@@ -146,7 +148,9 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.RotateClientSecretRequest, context: Any
     ) -> auth_pb2.RotateClientSecretResponse:
         client_id = request.name.removeprefix(_CLIENTS_PREFIX)
-        client, secret = await self._server.rotate_client_secret(_caller_tenant(), client_id)
+        client, secret = await self._server.rotate_client_secret(
+            _caller_tenant(), client_id, held_roles=_caller().roles
+        )
         return auth_pb2.RotateClientSecretResponse(
             client=_client_message(client), client_secret=secret
         )
