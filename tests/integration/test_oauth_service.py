@@ -70,7 +70,7 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
 
 async def admin_of(oauth: OAuthHarness, stub: Any, tenant: str) -> tuple[tuple[str, str]]:
     """Credentials of an administrator of ``tenant`` (its first client, made directly)."""
-    client, secret = await oauth.client(tenant=tenant, roles=("tenant-admin",))
+    client, secret = await oauth.client(tenant=tenant, roles=("admin",))
     return bearer(await token_for(stub, client.client_id, secret))
 
 
