@@ -26,6 +26,7 @@ from datapunk_shared.errors import (
     ResourceExhausted,
 )
 from datapunk_shared.logging import get_logger, request_id_var
+from datapunk_shared.rpc.client import error_from_rpc_error
 from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.server import PortInUse
 
@@ -495,6 +496,9 @@ class RestEdge:
                         metadata=self._metadata(exchange, route.owner, identity),
                     )
                 except grpc.aio.AioRpcError as exc:
+                    if self.guard is not None:
+                        refusal = error_from_rpc_error(exc)
+                        await self.guard.refused_by_owner(caller, identity, payload, refusal)
                     return self._error(
                         exchange, answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
                     )

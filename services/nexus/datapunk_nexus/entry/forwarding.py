@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from datapunk_shared.auth.identity import Identity
 from datapunk_shared.errors import DatapunkError, Unimplemented
+from datapunk_shared.rpc.client import error_from_rpc_error
 
 from datapunk_nexus.backends import Backends
 from datapunk_nexus.entry.deadlines import DeadlinePolicy
@@ -172,6 +173,9 @@ class _Forwarder:
                 try:
                     response: bytes = await call
                 except grpc.aio.AioRpcError as error:
+                    if self.guard is not None:
+                        refusal = error_from_rpc_error(error)
+                        await self.guard.refused_by_owner(caller, identity, request, refusal)
                     await abort_with_backend_status(
                         context, error, self.route.owner, request_id, headers
                     )

@@ -31,6 +31,7 @@ from datapunk_shared.auth.interceptor import (
 from datapunk_shared.auth.remembered import RememberedTokens
 from datapunk_shared.auth.tokens import KeySource, RevocationCheck, TokenVerifier
 from datapunk_shared.errors import DatapunkError, InvalidArgument, Unauthenticated
+from datapunk_shared.logging import get_logger
 from google.protobuf import descriptor_pool, empty_pb2, message_factory
 from google.protobuf.message import DecodeError, Message
 
@@ -50,6 +51,8 @@ __all__ = [
     "call_info",
     "credentials_of",
 ]
+
+log = get_logger("datapunk.nexus.access")
 
 API_KEY_HEADER = "x-api-key"
 # Headers a caller may not pass on: its own credentials stay at the edge, and only Nexus
@@ -286,6 +289,33 @@ class AccessGuard:
     def stream(self, caller: Caller, identity: Identity | None) -> StreamPermissions:
         """The per-message checks of a client stream (its messages come later)."""
         return StreamPermissions(self, caller, identity)
+
+    async def refused_by_owner(
+        self, caller: Caller, identity: Identity | None, request: bytes, error: DatapunkError
+    ) -> None:
+        """Record a call the policy allowed but its owner refused for lack of permission
+        (PERMISSION_DENIED from the backend, such as ROLE_NOT_HELD for a role the caller
+        may not hand out), so that the trail shows the refusal after the allow. Other
+        failures are not decisions about the caller and are not recorded. The owner has
+        refused already: a record that cannot be written is logged, never made the
+        caller's answer."""
+        if error.code != "PERMISSION_DENIED":
+            return
+        try:
+            resource = self.requirement_of(caller.method, request).resource
+        except DatapunkError:
+            resource = ""
+        try:
+            await self._record(
+                caller, identity, "authorize", Outcome.DENY, resource=resource, reason=error.reason
+            )
+        except DatapunkError as failed:
+            log.warning(
+                "audit record of a refusal by the owner failed",
+                method=caller.method,
+                reason=error.reason,
+                error=failed.reason,
+            )
 
     def backend_metadata(self, owner: str, identity: Identity | None) -> list[tuple[str, str]]:
         """Nexus's credentials for a call to ``owner`` made for ``identity``."""
