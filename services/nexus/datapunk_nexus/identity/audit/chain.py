@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from datapunk_shared.errors import ConfigError
 
-from datapunk_nexus.identity.audit.events import RecordedEvent
+from datapunk_nexus.identity.audit.events import AuditEvent, RecordedEvent
 
 __all__ = [
     "ChainHasher",
@@ -69,14 +69,19 @@ class ChainHasher:
 
     def record_hash(self, record: RecordedEvent) -> bytes:
         """The hash ``record`` must carry, from its content and its ``prev_hash``."""
-        event = record.event
+        return self.hash_of(record.event, record.sequence, record.prev_hash)
+
+    def hash_of(self, event: AuditEvent, sequence: int, prev_hash: bytes) -> bytes:
+        """The hash of ``event`` as record ``sequence`` after a record hashed
+        ``prev_hash``."""
+        assert event.time is not None  # stored events have one
         return self._digest(
             _canonical(
                 [
                     _RECORD_TAG,
                     event.tenant,
-                    record.sequence,
-                    _micros(record.time),
+                    sequence,
+                    _micros(event.time),
                     event.principal,
                     event.principal_kind,
                     event.credential_id,
@@ -87,7 +92,7 @@ class ChainHasher:
                     event.reason,
                     event.client_address,
                     event.request_id,
-                    record.prev_hash.hex(),
+                    prev_hash.hex(),
                 ]
             )
         )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any, LiteralString
 
 import psycopg
@@ -172,8 +171,8 @@ class ChainWriter:
         new_heads: Heads = {}
         for tenant, (sequence, previous) in heads.items():
             for event in by_tenant[tenant]:
-                unsealed = RecordedEvent(event, sequence + 1, previous, b"")
-                record = replace(unsealed, hash=hasher.record_hash(unsealed))
+                digest = hasher.hash_of(event, sequence + 1, previous)
+                record = RecordedEvent(event, sequence + 1, previous, digest)
                 records.append(record)
                 sequence, previous = record.sequence, record.hash
             new_heads[tenant] = (sequence, previous)
