@@ -197,13 +197,21 @@ async def test_metrics_count_rpcs_by_code_and_logs_carry_request_ids(tmp_path: P
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.GetStatus(status_pb2.GetStatusRequest(engines=["X"]))
         url = f"http://127.0.0.1:{service.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
+
+        def metrics() -> str:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                found: str = response.read().decode()
+                return found
+
+        # The engine gauges appear once the health monitor's first probes have finished,
+        # which on a busy machine can be after the calls above.
+        engine_up = 'datapunk_engine_up{engine="postgres",service="lake"}'
+        wait_until(lambda: engine_up in metrics())
+        text = metrics()
         method = "/datapunk.lake.v1.StatusService/GetStatus"
         assert f'datapunk_rpc_total{{code="OK",method="{method}",service="lake"}} 1.0' in text
         assert 'code="INVALID_ARGUMENT"' in text
         assert "datapunk_rpc_duration_seconds_bucket" in text
-        assert 'datapunk_engine_up{engine="postgres",service="lake"}' in text
 
         wait_until(lambda: '"t-1"' in service.log())
         lines = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
