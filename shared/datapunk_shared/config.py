@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -558,9 +558,11 @@ class PolicySettings(_Strict):
     """The classification of a resource that has none, for permissions with classification
     conditions. ``restricted`` (the default) fails closed: such a permission then reaches
     only resources known to be classified low enough."""
-    platform_tenant: Annotated[str, Field(max_length=128)] = ""
+    platform_tenant: Annotated[str, Field(max_length=128)] = "default"
     """The tenant whose ``admin`` role also administers the platform (resources of type
-    ``platform``, such as the token signing keys); empty means no tenant does."""
+    ``platform``, such as the token signing keys and the platform's audit trail): by
+    default the default tenant, whose first admin is the bootstrap key; empty means no
+    tenant does. In production, a dedicated tenant."""
     pool_timeout: Seconds = 5.0
     """How long a policy read or change waits for a PostgreSQL connection before it fails
     with UNAVAILABLE."""
@@ -768,6 +770,34 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     auth: AuthSettings = AuthSettings()
     secrets: SecretsSettings = SecretsSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _issuer_is_the_rest_edge(cls, data: Any) -> Any:
+        """Unless ``auth.issuer`` is set, Nexus's issuer is where its REST edge listens
+        (``http://<nexus.rest.host>:<nexus.rest.port>``, a wildcard host dialled
+        locally): every service fetches Nexus's keys from there, so moving the REST edge
+        must not leave the services asking another installation's port."""
+        if not isinstance(data, dict):
+            return data
+        auth = data.get("auth")
+        if isinstance(auth, dict) and auth.get("issuer"):
+            return data
+        if isinstance(auth, AuthSettings) and "issuer" in auth.model_fields_set:
+            return data
+        nexus = data.get("nexus")
+        rest = nexus.get("rest") if isinstance(nexus, dict) else None
+        rest = rest.model_dump() if isinstance(rest, RestEdgeSettings) else rest
+        if not isinstance(rest, dict):
+            return data
+        host = str(rest.get("host") or "127.0.0.1")
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        port = rest.get("port", RestEdgeSettings().port)
+        issuer = f"http://{host}:{port}"
+        if isinstance(auth, AuthSettings):
+            return {**data, "auth": auth.model_copy(update={"issuer": issuer})}
+        return {**data, "auth": {**(auth if isinstance(auth, dict) else {}), "issuer": issuer}}
 
     @classmethod
     def settings_customise_sources(

@@ -67,3 +67,15 @@ def test_missing_explicit_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DATAPUNK_CONFIG", "/nonexistent/datapunk.toml")
     with pytest.raises(ConfigError, match="not a file"):
         load_settings()
+
+
+def test_nexus_issuer_follows_the_rest_edge_unless_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings().auth.issuer == "http://127.0.0.1:8080"
+    (tmp_path / "datapunk.toml").write_text('[nexus.rest]\nhost = "0.0.0.0"\nport = 18080\n')
+    assert load_settings().auth.issuer == "http://127.0.0.1:18080"
+    monkeypatch.setenv("DATAPUNK_NEXUS__REST__PORT", "28080")
+    assert load_settings().auth.issuer == "http://127.0.0.1:28080"
+    monkeypatch.setenv("DATAPUNK_AUTH__ISSUER", "https://auth.example.org")
+    assert load_settings().auth.issuer == "https://auth.example.org"
