@@ -70,7 +70,11 @@ async def build_access_control(
     )
     context.cleanups.append(ring.aclose)
 
-    oauth = build_authorization_server(settings, pool, ring)
+    # The trail first: the token endpoints record every token request in it.
+    audit = await add_audit_service(
+        context, chain_key=await _optional_secret(secrets, auth.audit.chain_key_secret)
+    )
+    oauth = build_authorization_server(settings, pool, ring, audit=audit.record)
     await oauth.start()
     context.cleanups.append(oauth.stop)
     add_auth_service(context, oauth)
@@ -94,9 +98,6 @@ async def build_access_control(
         Prerequisite("bootstrap admin key", "postgres", ensure_bootstrap_key)
     )
     authorizer = await add_policy_service(context, pool)
-    audit = await add_audit_service(
-        context, chain_key=await _optional_secret(secrets, auth.audit.chain_key_secret)
-    )
 
     verifier = build_verifier(
         settings.auth,

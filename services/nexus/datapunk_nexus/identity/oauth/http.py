@@ -34,6 +34,7 @@ from datapunk_nexus.identity.oauth.server import (
     TokenRequest,
     invalid_client,
 )
+from datapunk_nexus.identity.oauth.trail import INTROSPECT_METHOD, REVOKE_METHOD
 
 __all__ = ["PlainHandler", "introspection_document", "oauth_http_routes"]
 
@@ -116,6 +117,11 @@ async def _form(request: web.BaseRequest) -> dict[str, str]:
             raise _OAuthError("invalid_request", f"the parameter {name!r} is repeated")
         form[name] = value
     return form
+
+
+def _peer(request: web.BaseRequest) -> str:
+    """The address the request came from, for the audit trail."""
+    return str(request.remote or "")
 
 
 def _client_credentials(request: web.BaseRequest, form: Mapping[str, str]) -> tuple[str, str]:
@@ -214,7 +220,7 @@ class _Endpoints:
                 refresh_token=form.get("refresh_token", ""),
                 audience=_audience(form),
             )
-            grant = await self._server.issue(token_request)
+            grant = await self._server.issue(token_request, client_address=_peer(request))
         except _OAuthError as error:
             return _error_response(error)
         except (InvalidArgument, Unauthenticated) as exc:
@@ -230,11 +236,15 @@ class _Endpoints:
             document["refresh_token"] = grant.refresh_token
         return _json(document)
 
-    async def _authenticated(self, request: web.BaseRequest) -> tuple[OAuthClient, dict[str, str]]:
+    async def _authenticated(
+        self, request: web.BaseRequest, method: str
+    ) -> tuple[OAuthClient, dict[str, str]]:
         form = await _form(request)
         client_id, secret = _client_credentials(request, form)
         try:
-            client = await self._server.authenticate_client(client_id, secret)
+            client = await self._server.authenticate_client(
+                client_id, secret, audit_as=method, client_address=_peer(request)
+            )
         except Unauthenticated:
             raise _from_domain(invalid_client()) from None
         if not form.get("token"):
@@ -243,20 +253,16 @@ class _Endpoints:
 
     async def revoke(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            client, form = await self._authenticated(request)
+            client, form = await self._authenticated(request, REVOKE_METHOD)
         except _OAuthError as error:
             return _error_response(error)
         hint = form.get("token_type_hint", "")
-        await self._server.revoke(
-            form["token"],
-            hint,
-            client=client,
-        )
+        await self._server.revoke(form["token"], hint, client=client, client_address=_peer(request))
         return web.Response(status=200, headers=_NO_STORE)
 
     async def introspect(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            client, form = await self._authenticated(request)
+            client, form = await self._authenticated(request, INTROSPECT_METHOD)
         except _OAuthError as error:
             return _error_response(error)
         result = await self._server.introspect(form["token"], tenant=client.tenant)

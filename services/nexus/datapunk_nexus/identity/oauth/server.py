@@ -45,6 +45,7 @@ from datapunk_nexus.identity.oauth.refresh import (
     record_access,
 )
 from datapunk_nexus.identity.oauth.revocation import RevocationList
+from datapunk_nexus.identity.oauth.trail import ISSUE_METHOD, Recorder, TokenTrail
 
 __all__ = [
     "GRANT_TYPES",
@@ -123,8 +124,12 @@ class AuthorizationServer:
         minter: AccessTokenMinter,
         hasher: SecretHasher,
         ring: KeyRing,
+        trail: TokenTrail | None = None,
     ) -> None:
         self.settings = settings
+        self.trail = trail or TokenTrail()
+        """The audit records of token requests, failed client authentications and
+        revocations (the entries let the token endpoints through unaudited)."""
         self.issuer = issuer
         self._pool = pool
         self.clients = clients
@@ -189,9 +194,29 @@ class AuthorizationServer:
         self.revocations.add(await self.clients.delete(tenant, client_id))
         log.info("oauth client deleted", client_id=client_id, tenant=tenant)
 
-    async def authenticate_client(self, client_id: str, secret: str) -> OAuthClient:
+    async def authenticate_client(
+        self, client_id: str, secret: str, *, audit_as: str = "", client_address: str = ""
+    ) -> OAuthClient:
         """The client whose id and secret these are; INVALID_CLIENT otherwise (taking as
-        long for an unknown client as for a wrong secret)."""
+        long for an unknown client as for a wrong secret). With ``audit_as`` (the gRPC
+        method of the endpoint asking, such as ``trail.REVOKE_METHOD``) a failure is
+        recorded on the audit trail."""
+        try:
+            return await self._authenticated_client(client_id, secret)
+        except Unauthenticated as refused:
+            if audit_as:
+                action = "token." + audit_as.rsplit("/", 1)[1].removesuffix("Token").lower()
+                await self.trail.refused(
+                    action,
+                    audit_as,
+                    refused.reason,
+                    client=None,
+                    client_id=client_id,
+                    client_address=client_address,
+                )
+            raise
+
+    async def _authenticated_client(self, client_id: str, secret: str) -> OAuthClient:
         found = await self.clients.credentials(client_id) if client_id else None
         stored_hash = found[1] if found is not None else None
         if not await self._hasher.check(stored_hash, secret) or found is None:
@@ -205,19 +230,28 @@ class AuthorizationServer:
 
     # --- the token endpoint -------------------------------------------------------------
 
-    async def issue(self, request: TokenRequest) -> TokenGrant:
-        """Answer a token request (RFC 6749 sections 4.4 and 6)."""
-        if request.grant_type not in GRANT_TYPES:
-            raise _bad_request(
-                "UNSUPPORTED_GRANT_TYPE",
-                "grant_type",
-                "the grant type is not supported; use client_credentials or refresh_token",
+    async def issue(self, request: TokenRequest, *, client_address: str = "") -> TokenGrant:
+        """Answer a token request (RFC 6749 sections 4.4 and 6). Granted or refused, it is
+        recorded on the audit trail (``token.issue``; refused: DENY with the reason)."""
+        client: OAuthClient | None = None
+        try:
+            _check_token_request(request)  # before the (costly) client authentication
+            client = await self._authenticated_client(request.client_id, request.client_secret)
+            grant = await self._grant(client, request)
+        except DatapunkError as refused:
+            await self.trail.refused(
+                "token.issue",
+                ISSUE_METHOD,
+                refused.reason,
+                client=client,
+                client_id=request.client_id,
+                client_address=client_address,
             )
-        if request.grant_type == "refresh_token" and not request.refresh_token:
-            raise _bad_request(
-                "INVALID_REQUEST", "refresh_token", "the refresh_token grant needs refresh_token"
-            )
-        client = await self.authenticate_client(request.client_id, request.client_secret)
+            raise
+        await self.trail.issued(client, grant.access.jti, client_address)
+        return grant
+
+    async def _grant(self, client: OAuthClient, request: TokenRequest) -> TokenGrant:
         if request.grant_type == "client_credentials":
             grant = await self._client_credentials(client, request)
         else:
@@ -291,12 +325,15 @@ class AuthorizationServer:
         *,
         client: OAuthClient | None = None,
         tenant: str | None = None,
+        client_address: str = "",
     ) -> None:
         """Revoke ``token`` if it is one of ``client``'s (or, without a client, of
         ``tenant``'s); anything else is quietly ignored (RFC 7009 section 2.2). ``hint``
         (RFC 7009's ``token_type_hint``) is accepted and not needed."""
         if client is None and tenant is None:
             raise ValueError("revoke needs the client or the tenant it acts for")
+        if client is not None:
+            await self.trail.revoked(client, client_address)
         # Our two kinds of token cannot be confused (a refresh token has its prefix, an
         # access token is a JWT), so the hint is not needed to find either.
         del hint
@@ -446,6 +483,19 @@ def _granted_scopes(asked: Sequence[str] | None, allowed: Sequence[str]) -> tupl
     return granted
 
 
+def _check_token_request(request: TokenRequest) -> None:
+    if request.grant_type not in GRANT_TYPES:
+        raise _bad_request(
+            "UNSUPPORTED_GRANT_TYPE",
+            "grant_type",
+            "the grant type is not supported; use client_credentials or refresh_token",
+        )
+    if request.grant_type == "refresh_token" and not request.refresh_token:
+        raise _bad_request(
+            "INVALID_REQUEST", "refresh_token", "the refresh_token grant needs refresh_token"
+        )
+
+
 def _unverified_audiences(token: str) -> frozenset[str]:
     """The ``aud`` a token claims, read before verification only to pick the policy."""
     if len(token) > DEFAULT_MAX_TOKEN_BYTES:
@@ -466,10 +516,15 @@ def _unverified_audiences(token: str) -> frozenset[str]:
 
 
 def build_authorization_server(
-    settings: Settings, pool: AsyncConnectionPool, key_ring: KeyRing
+    settings: Settings,
+    pool: AsyncConnectionPool,
+    key_ring: KeyRing,
+    *,
+    audit: Recorder | None = None,
 ) -> AuthorizationServer:
     """The authorization server of ``settings.nexus.auth.oauth`` on ``pool`` (Nexus's
-    PostgreSQL, migrations applied by the service) signing with ``key_ring``. Call
+    PostgreSQL, migrations applied by the service) signing with ``key_ring`` and
+    recording token requests with ``audit`` (``AuditLog.record``). Call
     ``await server.start()`` before serving and ``await server.stop()`` at shutdown."""
     oauth = settings.nexus.auth.oauth
     issuer = oauth.issuer or settings.auth.issuer
@@ -494,4 +549,5 @@ def build_authorization_server(
         minter=AccessTokenMinter(key_ring.active_signer, issuer=issuer, ttl=oauth.access_token_ttl),
         hasher=SecretHasher(oauth),
         ring=key_ring,
+        trail=TokenTrail(audit),
     )

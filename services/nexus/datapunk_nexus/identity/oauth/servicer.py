@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from datapunk_nexus.identity.oauth.clients import ClientSpec, OAuthClient, client_name
 from datapunk_nexus.identity.oauth.keyring import KeyInfo
 from datapunk_nexus.identity.oauth.server import AuthorizationServer, TokenRequest
+from datapunk_nexus.identity.oauth.trail import INTROSPECT_METHOD, REVOKE_METHOD
 
 if TYPE_CHECKING:
     from datapunk_shared.rpc.server import ServiceContext
@@ -183,7 +184,7 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> auth_pb2.RevokeTokenResponse:
         if request.client_id or request.client_secret:
             client = await self._server.authenticate_client(
-                request.client_id, request.client_secret
+                request.client_id, request.client_secret, audit_as=REVOKE_METHOD
             )
             await self._server.revoke(request.token, request.token_type_hint, client=client)
         else:
@@ -197,7 +198,7 @@ class AuthServicer(_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> auth_pb2.IntrospectTokenResponse:
         if request.client_id or request.client_secret:
             client = await self._server.authenticate_client(
-                request.client_id, request.client_secret
+                request.client_id, request.client_secret, audit_as=INTROSPECT_METHOD
             )
             tenant = client.tenant
         else:
