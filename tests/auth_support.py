@@ -53,6 +53,7 @@ class TestIssuer:
         )
         self.signer = SoftwareSigner(private)
         self.pepper = secrets.token_bytes(32)
+        self.chain_key = secrets.token_bytes(32)
         # The bootstrap administrator of every test Nexus (admin of the default tenant):
         # calls through a Nexus entry present it as ``x-api-key``.
         self.admin_key = format_api_key(new_key_id(), new_secret())
@@ -94,6 +95,7 @@ class TestIssuer:
             "DATAPUNK_SECRET_NEXUS__SIGNING_KEY": self.pem.decode(),
             "DATAPUNK_SECRET_NEXUS__API_KEY_PEPPER": self.pepper.hex(),
             "DATAPUNK_SECRET_NEXUS__BOOTSTRAP_ADMIN_KEY": self.admin_key,
+            "DATAPUNK_SECRET_NEXUS__AUDIT_CHAIN_KEY": self.chain_key.hex(),
         }
 
     def token(

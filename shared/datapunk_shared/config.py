@@ -598,9 +598,10 @@ class AuditSettings(_Strict):
     platform_admin_role: Annotated[str, Field(min_length=1, max_length=128)] = "admin"
     """The role that, held in the platform tenant (``policy.platform_tenant``), may read
     the platform trail (records of no tenant, such as failed authentications)."""
-    chain_key_secret: Annotated[str, Field(pattern=r"^([a-z][a-z0-9_]{0,63})?$")] = ""
+    chain_key_secret: SecretName | None = "nexus/audit-chain-key"
     """The secret (by name, from the secret provider) that keys the chain's HMAC-SHA-256,
-    so that nobody without it can forge a consistent chain; empty: plain SHA-256, which
+    so that nobody without it can forge a consistent chain. Nexus refuses to start when
+    it is named but missing (``datapunk up`` makes it once). Unset: plain SHA-256, which
     still shows any change but not a whole chain rewritten by someone with write access
     to the database. Changing the key breaks verification of the records written
     before."""

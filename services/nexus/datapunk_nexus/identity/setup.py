@@ -71,9 +71,12 @@ async def build_access_control(
     context.cleanups.append(ring.aclose)
 
     # The trail first: the token endpoints record every token request in it.
-    audit = await add_audit_service(
-        context, chain_key=await _optional_secret(secrets, auth.audit.chain_key_secret)
+    # A configured chain key that is missing stops the start (SECRET_NOT_FOUND): a trail
+    # must never silently fall back to an unkeyed chain.
+    chain_key = (
+        await secrets.get(auth.audit.chain_key_secret) if auth.audit.chain_key_secret else None
     )
+    audit = await add_audit_service(context, chain_key=chain_key)
     oauth = build_authorization_server(settings, pool, ring, audit=audit.record)
     await oauth.start()
     context.cleanups.append(oauth.stop)
