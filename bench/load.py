@@ -63,15 +63,20 @@ def run_ghz(
     seconds: float,
     protoset: Path | None = PROTOSET,
     metadata: Metadata = (),
+    data: Any = None,
 ) -> GhzRun:
-    """ghz calling ``method`` with ``{}`` and ``metadata`` on 127.0.0.1:``port`` for
-    ``seconds``, ``concurrency`` workers on one connection; the schema from ``protoset``,
-    or from server reflection when that is None."""
+    """ghz calling ``method`` with ``data`` (proto3 JSON of the request; ``{}`` when None)
+    and ``metadata`` on 127.0.0.1:``port`` for ``seconds``, ``concurrency`` workers on one
+    connection; the schema from ``protoset``, or from server reflection when that is
+    None."""
     schema = ["--protoset", str(protoset)] if protoset is not None else []
     with tempfile.TemporaryDirectory(prefix="bench-ghz-") as private:
         # Credentials go in a file of this user's, not on a command line anyone can read.
         headers = Path(private) / "metadata.json"
         headers.write_text(json.dumps(dict(metadata)))
+        # The request too (``data``, proto3 JSON; ``{}`` when None): it may carry a credential.
+        request = Path(private) / "data.json"
+        request.write_text(json.dumps({} if data is None else data))
         command = [
             str(GHZ),
             "--insecure",
@@ -80,8 +85,8 @@ def run_ghz(
             str(headers),
             "--call",
             method,
-            "--data",
-            "{}",
+            "--data-file",
+            str(request),
             "--concurrency",
             str(concurrency),
             "--connections",

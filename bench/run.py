@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, str] = {
     "audit": "bench.audit",
     "api_keys": "bench.api_keys",
     "policy": "bench.policy",
+    "auth": "bench.auth",
 }
 
 
