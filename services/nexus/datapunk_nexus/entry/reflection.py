@@ -18,21 +18,32 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 __all__ = ["enable_reflection"]
 
 
+def _add_with_imports(
+    pool: descriptor_pool.DescriptorPool, descriptor: FileDescriptor, known: set[str]
+) -> None:
+    """Add ``descriptor`` after whichever of its imports the pool lacks."""
+    if descriptor.name in known:
+        return
+    for dependency in descriptor.dependencies:
+        _add_with_imports(pool, dependency, known)
+    proto = descriptor_pb2.FileDescriptorProto()
+    descriptor.CopyToProto(proto)
+    pool.Add(proto)
+    known.add(descriptor.name)
+
+
 def _pool(files: descriptor_pb2.FileDescriptorSet) -> descriptor_pool.DescriptorPool:
     pool = descriptor_pool.DescriptorPool()
     known = {file.name for file in files.file}
     for file in files.file:  # buf writes imports before the files that use them
         pool.Add(file)
     own: Sequence[FileDescriptor] = (
-        error_details_pb2.DESCRIPTOR,  # imports only duration.proto, which the set holds
+        error_details_pb2.DESCRIPTOR,
         health_pb2.DESCRIPTOR,
         reflection_pb2.DESCRIPTOR,
     )
     for descriptor in own:
-        if descriptor.name not in known:
-            proto = descriptor_pb2.FileDescriptorProto()
-            descriptor.CopyToProto(proto)
-            pool.Add(proto)
+        _add_with_imports(pool, descriptor, known)
     return pool
 
 
