@@ -9,10 +9,17 @@ replaced by Nexus's service token for the owning service and the caller's identi
 (``x-datapunk-on-behalf-of``), exactly what Nexus's own entries send; the principal and
 tenant go back as dynamic metadata for the rate limit descriptors. A refusal is answered
 by Envoy with the HTTP status of its gRPC code and the JSON ``google.rpc.Status`` body the
-REST edge uses."""
+REST edge uses.
+
+Check sees only the first message of a client stream, where Nexus's own entries check
+every message. A stream whose later messages may name other resources (StreamWriteRows:
+"batches of one stream may target several series") therefore needs the action on every
+resource of the first one's type; only streams the owning service holds to the resource
+of their first message (``ONE_RESOURCE_STREAMS``) are decided on that resource alone."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from datapunk_shared.errors import DatapunkError, InvalidArgument
@@ -27,11 +34,28 @@ from google.rpc import status_pb2
 from datapunk_nexus.contracts import owner_of_package
 from datapunk_nexus.edge.status import answer_for_error
 from datapunk_nexus.identity.enforce import STRIPPED, AccessGuard, Caller
+from datapunk_nexus.identity.policy import Requirement
 from datapunk_nexus.policy import rejection_headers
 
-__all__ = ["AuthorizationService", "add_authorization_service", "grpc_message"]
+__all__ = [
+    "ONE_RESOURCE_STREAMS",
+    "AuthorizationService",
+    "add_authorization_service",
+    "grpc_message",
+]
 
 _GRPC_FRAME_HEADER = 5
+
+ONE_RESOURCE_STREAMS = frozenset(
+    {
+        # The Lake refuses a batch naming another collection or layer than the first.
+        "/datapunk.lake.v1.VectorService/ImportPoints",
+        "/datapunk.lake.v1.SpatialService/LoadFeatures",
+    }
+)
+"""Client streams whose every message is about the resource of the first; any other
+client stream is decided on every resource of that type (a new one too, until it is
+listed here)."""
 
 
 def grpc_message(body: bytes) -> bytes:
@@ -47,6 +71,14 @@ def grpc_message(body: bytes) -> bytes:
             reason="MALFORMED_MESSAGE",
         )
     return payload
+
+
+def _on_every_resource_of_its_type(requirement: Requirement) -> Requirement:
+    """``write`` on ``series/a`` becomes ``write`` on ``series/*``."""
+    kind, slash, _ = requirement.resource.partition("/")
+    if not requirement.action or not slash:
+        return requirement
+    return replace(requirement, resource=f"{kind}/*", also=())
 
 
 def _denied(error: DatapunkError) -> external_auth_pb2.CheckResponse:
@@ -92,7 +124,10 @@ class AuthorizationService:
         )
         try:
             identity = await self._guard.authenticate(caller)
-            await self._guard.authorize_request(caller, identity, grpc_message(http.raw_body))
+            requirement = self._guard.requirement_of(method, grpc_message(http.raw_body))
+            if self._guard.is_client_stream(method) and method not in ONE_RESOURCE_STREAMS:
+                requirement = _on_every_resource_of_its_type(requirement)
+            await self._guard.authorize(caller, identity, requirement)
         except DatapunkError as refused:
             return _denied(refused)
         owner = owner_of_package(method.lstrip("/").split("/", 1)[0].rpartition(".")[0]) or ""

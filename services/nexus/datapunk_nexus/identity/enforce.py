@@ -251,6 +251,15 @@ class AccessGuard:
         except DatapunkError:
             return False
 
+    def is_client_stream(self, method: str) -> bool:
+        """Whether ``method`` (a method of the contracts) takes a stream of messages."""
+        service, _, name = method.lstrip("/").partition("/")
+        try:
+            descriptor = self._pool.FindServiceByName(service).FindMethodByName(name)
+        except KeyError:
+            return False
+        return descriptor is not None and bool(descriptor.client_streaming)
+
     def requirement_of(self, method: str, request: Message | bytes) -> Requirement:
         """What a call of ``method`` with ``request`` (decoded or serialized) needs."""
         if isinstance(request, bytes):
