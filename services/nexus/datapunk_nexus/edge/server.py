@@ -570,8 +570,7 @@ class RestEdge:
         caller = self._caller(exchange, route)
         identity = await self._authenticate(caller)
         if route.client_streaming:
-            if self.guard is not None:
-                state.permissions = self.guard.stream(caller, identity)
+            # Checked line by line as the backend pulls them (permissions set below).
             requests: Any = self._ndjson_messages(exchange, route, values, state)
         else:
             payload = await self._request_payload(exchange, route, values)
@@ -586,6 +585,8 @@ class RestEdge:
             exchange.headers.update(gate_headers)
             if not route.client_streaming:
                 await self._authorize(caller, identity, payload)
+            elif self.guard is not None:
+                state.permissions = await self.guard.open_stream(caller, identity)
             metadata = self._metadata(exchange, route.owner, identity)
             call = stub(requests, timeout=timeout, metadata=metadata)
             state.call = call

@@ -222,7 +222,7 @@ class _Forwarder:
             identity, info = await self._admit(caller, b"")
             async with self.gate.admit(info) as headers:
                 metadata = self._outgoing(caller, incoming, identity)
-                state = self._stream_state(caller, identity)
+                state = await self._stream_state(caller, identity)
                 relayed = _relayed(_permitted(requests, state), context)
                 call = state.call = self._call(relayed, timeout=timeout, metadata=metadata)
                 try:
@@ -253,7 +253,7 @@ class _Forwarder:
             identity, info = await self._admit(caller, b"")
             async with self.gate.admit(info) as headers:
                 metadata = self._outgoing(caller, incoming, identity)
-                state = self._stream_state(caller, identity)
+                state = await self._stream_state(caller, identity)
                 relayed = _relayed(_permitted(requests, state), context)
                 call = state.call = self._call(relayed, timeout=timeout, metadata=metadata)
                 try:
@@ -276,10 +276,11 @@ class _Forwarder:
         except DatapunkError as error:
             await abort_with_error(context, error, request_id, rejection_headers(error))
 
-    def _stream_state(self, caller: Caller, identity: Identity | None) -> _StreamState:
+    async def _stream_state(self, caller: Caller, identity: Identity | None) -> _StreamState:
+        """The stream's checks; an anonymous caller is refused before the backend call."""
         if self.guard is None:
             return _StreamState()
-        return _StreamState(permissions=self.guard.stream(caller, identity))
+        return _StreamState(permissions=await self.guard.open_stream(caller, identity))
 
     def handler(self) -> grpc.RpcMethodHandler[bytes, bytes]:
         kind = self.route.kind

@@ -39,6 +39,7 @@ from datapunk_nexus.identity.api_keys import ApiKeyAuthenticator
 from datapunk_nexus.identity.api_keys.key_format import key_id_of
 from datapunk_nexus.identity.audit import AuditEvent, AuditLog, Outcome
 from datapunk_nexus.identity.policy import PolicyAuthorizer, Requirement, Requirements
+from datapunk_nexus.identity.policy.resources import AUTHENTICATED
 from datapunk_nexus.identity.service_tokens import ServiceTokens
 from datapunk_nexus.policy import CallInfo, RequestGate
 
@@ -298,6 +299,15 @@ class AccessGuard:
     def stream(self, caller: Caller, identity: Identity | None) -> StreamPermissions:
         """The per-message checks of a client stream (its messages come later)."""
         return StreamPermissions(self, caller, identity)
+
+    async def open_stream(self, caller: Caller, identity: Identity | None) -> StreamPermissions:
+        """``stream``, once the caller may open one at all: a client stream's messages are
+        checked as they come, so one that sent none would reach the backend with no
+        decision made; an anonymous caller of a method that is not public is refused
+        (and audited) before that."""
+        if identity is None and not self.is_public(caller.method):
+            await self.authorize(caller, None, AUTHENTICATED)  # raises MISSING_CREDENTIALS
+        return self.stream(caller, identity)
 
     async def refused_by_owner(
         self, caller: Caller, identity: Identity | None, request: bytes, error: DatapunkError
