@@ -374,6 +374,37 @@ async def test_no_credential_is_refused_and_the_status_routes_stay_open(
     assert health.status == SERVING
 
 
+async def test_an_anonymous_client_stream_is_refused_before_it_reaches_the_lake(
+    world: World, api: Rest, channel: grpc.aio.Channel
+) -> None:
+    # Even a stream that would send no message at all: nobody anonymous reaches the Lake.
+    write_rows = "/datapunk.lake.v1.TimeSeriesService/StreamWriteRows"
+    stub = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
+    call = stub.StreamWriteRows(iter(()), metadata=meta(world, "anon-stream-grpc"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    error = error_from_rpc_error(caught.value)
+    assert (caught.value.code(), error.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "MISSING_CREDENTIALS",
+    )
+    line = json.dumps({"series": "series/anything", "rows": {"columns": []}})
+    for label, body in (("anon-stream-rest-empty", ""), ("anon-stream-rest", line + "\n")):
+        status, headers, answer = await api.call(
+            "POST",
+            "/v1/lake/series:streamWrite",
+            label,
+            body=body,
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert status == 401, (label, answer)
+        assert headers["WWW-Authenticate"] == 'Bearer realm="datapunk"'
+        assert error_info(answer)["reason"] == "MISSING_CREDENTIALS"
+    for label in ("anon-stream-grpc", "anon-stream-rest-empty", "anon-stream-rest"):
+        world.denied("platform", label, write_rows, "", "", "MISSING_CREDENTIALS")
+        assert world.rid(label) not in world.lake.log()
+
+
 # --- roles ------------------------------------------------------------------------------
 
 
