@@ -465,6 +465,16 @@ async def test_a_reader_reads_but_may_not_write(
     world.principals["reader"] = principal = await principal_of(channel, reader)
     assert principal == f"key:{made.api_key.id}"
     resource = f"collection/{name}"
+    create_key = "/datapunk.nexus.v1.ApiKeyService/CreateApiKey"
+    admin_principal = world.principals["admin"]
+    world.allowed(
+        "default",
+        "make-reader",
+        "admin",
+        create_key,
+        "route/datapunk.nexus.v1.ApiKeyService.CreateApiKey",
+        admin_principal,
+    )
 
     status, _, got = await api.call(
         "GET", f"/v1/lake/collections/{name}", "reader-get-rest", reader
@@ -518,6 +528,14 @@ async def test_a_reader_reads_but_may_not_write(
     )
     assert code is grpc.StatusCode.PERMISSION_DENIED
     assert error.metadata == {"action": "admin", "resource": f"collection/{world.run}_nope"}
+    world.denied(
+        "default",
+        "reader-create-grpc",
+        CREATE,
+        f"collection/{world.run}_nope",
+        principal,
+        "PERMISSION_DENIED",
+    )
     # Nothing was written.
     counted = await stub.CountPoints(
         vec.CountPointsRequest(collection=f"collections/{name}"), metadata=admin
@@ -560,9 +578,8 @@ async def test_another_tenant_cannot_see_the_collection_even_by_name(
     # Its administrator is allowed to look (in its own tenant): the Lake finds nothing.
     for label in ("other-get-grpc", "other-get-rest"):
         world.allowed(world.other_tenant, label, "data.read", GET, resource, principal)
-    world.allowed(
-        world.other_tenant, "other-list-grpc", "data.read", LIST, "collection/*", principal
-    )
+    for label in ("other-list-grpc", "other-list-rest"):
+        world.allowed(world.other_tenant, label, "data.read", LIST, "collection/*", principal)
     # The first tenant's collection is still there, untouched.
     counted = await stub.CountPoints(
         vec.CountPointsRequest(collection=f"collections/{name}"),
@@ -587,6 +604,14 @@ async def test_an_oauth_client_token_works_through_both_entries(
         metadata=meta(world, "make-client", admin),
     )
     assert made.client.tenant == "default"
+    world.allowed(
+        "default",
+        "make-client",
+        "admin",
+        "/datapunk.nexus.v1.AuthService/CreateClient",
+        "route/datapunk.nexus.v1.AuthService.CreateClient",
+        world.principals["admin"],
+    )
     world.secrets.append(made.client_secret)
     world.cleanups.append(("client", "default", f"clients/{client_id}"))
     async with api.http.post(
