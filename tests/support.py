@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from datapunk_shared.config import Settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.auth_support import issuer
@@ -135,3 +136,33 @@ def wait_until(
 # How a client sees its server die under it: UNAVAILABLE when the connection drops
 # between frames, INTERNAL when it drops mid-frame (the HTTP/2 stream is reset).
 CONNECTION_LOST_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+
+
+def engines_env(settings: Settings) -> dict[str, str]:
+    """Where the engines of ``settings`` are, as environment for a service process (which
+    otherwise reads only datapunk.toml): a test's own engines reach its services."""
+    engines = settings.engines
+    return {
+        "DATAPUNK_ENGINES__POSTGRES__URL": engines.postgres.url,
+        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": engines.questdb.http_url,
+        "DATAPUNK_ENGINES__QUESTDB__PG_URL": engines.questdb.pg_url,
+        "DATAPUNK_ENGINES__KAFKA__BOOTSTRAP_SERVERS": engines.kafka.bootstrap_servers,
+        "DATAPUNK_ENGINES__MQTT__URL": engines.mqtt.url,
+        "DATAPUNK_ENGINES__REDIS__URL": engines.redis.url,
+    }
+
+
+def wait_for_grpc_health(address: str, timeout: float = 30.0) -> None:
+    """Until a gRPC server at ``address`` answers a health check, whatever it says."""
+
+    def answers() -> bool:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+            return True
+
+    wait_until(answers, timeout=timeout)

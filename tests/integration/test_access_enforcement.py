@@ -63,7 +63,14 @@ from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.auth_support import authed_channel, issuer
-from tests.support import RunningService, free_port, run_service, wait_until
+from tests.support import (
+    RunningService,
+    engines_env,
+    free_port,
+    run_service,
+    wait_for_grpc_health,
+    wait_until,
+)
 
 pb: Any = timeseries_pb2
 LAKE_VECTORS = "/datapunk.lake.v1.VectorService/"
@@ -146,42 +153,16 @@ class World:
         )
 
 
-def _engines_env() -> dict[str, str]:
-    engines = load_settings().engines
-    return {
-        "DATAPUNK_ENGINES__POSTGRES__URL": engines.postgres.url,
-        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": engines.questdb.http_url,
-        "DATAPUNK_ENGINES__QUESTDB__PG_URL": engines.questdb.pg_url,
-        "DATAPUNK_ENGINES__KAFKA__BOOTSTRAP_SERVERS": engines.kafka.bootstrap_servers,
-        "DATAPUNK_ENGINES__MQTT__URL": engines.mqtt.url,
-        "DATAPUNK_ENGINES__REDIS__URL": engines.redis.url,
-    }
-
-
 def _serving(service: RunningService) -> None:
     """Its signing keys are loaded and its bootstrap administrator exists."""
     wait_until(lambda: service.health() == SERVING, timeout=40)
-
-
-def _entry_answers(address: str) -> None:
-    def answers() -> bool:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-            return True
-
-    wait_until(answers, timeout=30)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("access")
     run = f"ae{uuid.uuid4().hex[:10]}"
-    engines = _engines_env()
+    engines = engines_env(load_settings())
     with ExitStack() as running:
         lake = running.enter_context(run_service("lake", tmp, engines))
         backends = json.dumps({"lake": lake.address})
@@ -215,7 +196,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
         )
         entry = f"127.0.0.1:{entry_port}"
-        _entry_answers(entry)
+        wait_for_grpc_health(entry)
         _serving(nexus)
         world = World(
             lake=lake,

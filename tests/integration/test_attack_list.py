@@ -54,7 +54,13 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from tests.auth_support import issuer
-from tests.support import RunningService, free_port, run_service, wait_until
+from tests.support import (
+    RunningService,
+    engines_env,
+    free_port,
+    run_service,
+    wait_until,
+)
 from tests.token_kit import b64, b64json
 
 # The route most attacks go after: ListApiKeys needs ``admin`` of the caller's tenant.
@@ -88,18 +94,6 @@ class Platform:
     started: datetime
 
 
-def _engines_env(settings: Settings) -> dict[str, str]:
-    engines = settings.engines
-    return {
-        "DATAPUNK_ENGINES__POSTGRES__URL": engines.postgres.url,
-        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": engines.questdb.http_url,
-        "DATAPUNK_ENGINES__QUESTDB__PG_URL": engines.questdb.pg_url,
-        "DATAPUNK_ENGINES__KAFKA__BOOTSTRAP_SERVERS": engines.kafka.bootstrap_servers,
-        "DATAPUNK_ENGINES__MQTT__URL": engines.mqtt.url,
-        "DATAPUNK_ENGINES__REDIS__URL": engines.redis.url,
-    }
-
-
 @contextmanager
 def _private_database(server_url: str) -> Iterator[str]:
     """A new, empty database on the stack's PostgreSQL (the Nexus processes apply their
@@ -121,7 +115,7 @@ def _nexus_env(
     settings: Settings, database_url: str, rest_port: int, entry_port: int, **extra: str
 ) -> dict[str, str]:
     return {
-        **_engines_env(settings),
+        **engines_env(settings),
         "DATAPUNK_ENGINES__POSTGRES__URL": database_url,
         "DATAPUNK_NEXUS__REST__PORT": str(rest_port),
         "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(entry_port),
@@ -167,7 +161,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     started = datetime.now(UTC)
     with ExitStack() as running:
         database = running.enter_context(_private_database(settings.engines.postgres.url))
-        lake = running.enter_context(run_service("lake", tmp, _engines_env(settings)))
+        lake = running.enter_context(run_service("lake", tmp, engines_env(settings)))
         backends = json.dumps({"lake": lake.address})
         rule = {
             "name": "guessing",

@@ -34,19 +34,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.auth_support import entry_channel
-from tests.support import RunningService, free_port, run_service, wait_until
-
-
-def _engines_env(settings: Settings) -> dict[str, str]:
-    engines = settings.engines
-    return {
-        "DATAPUNK_ENGINES__POSTGRES__URL": engines.postgres.url,
-        "DATAPUNK_ENGINES__QUESTDB__HTTP_URL": engines.questdb.http_url,
-        "DATAPUNK_ENGINES__QUESTDB__PG_URL": engines.questdb.pg_url,
-        "DATAPUNK_ENGINES__KAFKA__BOOTSTRAP_SERVERS": engines.kafka.bootstrap_servers,
-        "DATAPUNK_ENGINES__MQTT__URL": engines.mqtt.url,
-        "DATAPUNK_ENGINES__REDIS__URL": engines.redis.url,
-    }
+from tests.support import (
+    RunningService,
+    engines_env,
+    free_port,
+    run_service,
+    wait_for_grpc_health,
+    wait_until,
+)
 
 
 class Stack:
@@ -60,7 +55,7 @@ class Stack:
 
 def _entry_env(settings: Settings, backends: dict[str, str], port: int) -> dict[str, str]:
     return {
-        **_engines_env(settings),
+        **engines_env(settings),
         "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(port),
         "DATAPUNK_NEXUS__BACKENDS": json.dumps(backends),
     }
@@ -71,8 +66,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = load_settings()
     tmp = tmp_path_factory.mktemp("entry")
     with ExitStack() as running:
-        lake = running.enter_context(run_service("lake", tmp, _engines_env(settings)))
-        stream = running.enter_context(run_service("stream", tmp, _engines_env(settings)))
+        lake = running.enter_context(run_service("lake", tmp, engines_env(settings)))
+        stream = running.enter_context(run_service("stream", tmp, engines_env(settings)))
         port = free_port()
         backends = {"lake": lake.address, "stream": stream.address}
         nexus = running.enter_context(
@@ -86,22 +81,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _wait_until_ready(nexus: RunningService, entry: str) -> None:
     """The entry answers, and Nexus is SERVING: its signing keys are loaded (it cannot
     call a backend without its service token) and its bootstrap administrator exists."""
-    _wait_for_health(entry)
+    wait_for_grpc_health(entry)
     wait_until(lambda: nexus.health() == health_pb2.HealthCheckResponse.SERVING, timeout=30)
-
-
-def _wait_for_health(address: str) -> None:
-    def answers() -> bool:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-            return True
-
-    wait_until(answers, timeout=30)
 
 
 @pytest.fixture
@@ -316,7 +297,7 @@ def slow(tmp_path_factory: pytest.TempPathFactory, stack: Stack) -> Iterator[Slo
     tmp = tmp_path_factory.mktemp("slow")
     hole = _blackhole()
     env = {
-        **_engines_env(load_settings()),
+        **engines_env(load_settings()),
         "DATAPUNK_ENGINES__REDIS__URL": f"redis://127.0.0.1:{hole.getsockname()[1]}/0",
     }
     try:
