@@ -95,7 +95,7 @@ def test_methods_nobody_owns_have_no_route(table: RouteTable, method: str) -> No
     assert table.lookup(method) is None
 
 
-def test_outgoing_metadata_drops_hop_by_hop_and_reserved_headers() -> None:
+def test_outgoing_metadata_drops_hop_by_hop_reserved_and_credential_headers() -> None:
     incoming = (
         ("user-agent", "grpc-go/1.0"),
         ("x-tenant", "acme"),
@@ -105,10 +105,12 @@ def test_outgoing_metadata_drops_hop_by_hop_and_reserved_headers() -> None:
         ("trace-bin", b"\x00\x01"),
         ("traceparent", "00-abc-def-01"),
     )
-    assert outgoing(incoming, "rid") == (
+    # The caller's credentials stay at the entry; Nexus's own go first.
+    nexus = (("authorization", "Bearer nexus"),)
+    assert outgoing(incoming, "rid", nexus) == (
         (REQUEST_ID_KEY, "rid"),
+        ("authorization", "Bearer nexus"),
         ("x-tenant", "acme"),
-        ("authorization", "Bearer t"),
         ("trace-bin", b"\x00\x01"),
         ("traceparent", "00-abc-def-01"),
     )
