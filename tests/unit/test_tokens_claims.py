@@ -58,7 +58,11 @@ def test_subjects_outside_the_vocabulary_are_refused(sub: str) -> None:
     malformed("sub", lambda: datapunk_claims(claims(sub=sub)))
 
 
-@pytest.mark.parametrize("tenant", [None, "", "two words", 5, ["acme"], "x" * 129, "a\x00b"])
+@pytest.mark.parametrize(
+    "tenant",
+    # The last three are names but not tenant ids every service accepts.
+    [None, "", "two words", 5, ["acme"], "x" * 129, "a\x00b", "x" * 33, "Acme", "acme_eu"],
+)
 def test_client_tokens_need_a_valid_tenant(tenant: Any) -> None:
     malformed("datapunk_tenant", lambda: datapunk_claims(claims(datapunk_tenant=tenant)))
 
@@ -128,7 +132,9 @@ def test_an_oidc_user_without_the_roles_claim_has_no_roles() -> None:
     assert OidcClaims(tenant="acme", roles_claim="roles")(idp_claims()).roles == frozenset()
 
 
-@pytest.mark.parametrize("org", [None, {"id": ""}, {"id": 7}, "globex", {"id": "a b"}])
+@pytest.mark.parametrize(
+    "org", [None, {"id": ""}, {"id": 7}, "globex", {"id": "a b"}, {"id": "Globex.Corp"}]
+)
 def test_an_oidc_user_without_a_valid_tenant_claim_is_refused(org: Any) -> None:
     mapping = OidcClaims(tenant_claim="org.id")
     malformed("org.id", lambda: mapping(idp_claims(org=org)))

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from datapunk_shared.auth.identity import Identity
+from datapunk_shared.auth.tenancy import is_tenant_id
 from datapunk_shared.errors import Unauthenticated
 
 __all__ = [
@@ -58,6 +59,15 @@ def _name(value: object, claim: str) -> str:
     return value
 
 
+def _tenant(value: object, claim: str) -> str:
+    """A tenant id in the form every service accepts (``tenancy.is_tenant_id``): a token
+    naming any other is refused here, not later by the service it reaches."""
+    name = _name(value, claim)
+    if not is_tenant_id(name):
+        raise _malformed(claim, "is not a tenant id (lower-case words joined by '-')")
+    return name
+
+
 def _names(value: object, claim: str, *, spaced: bool = True) -> frozenset[str]:
     """A list of names or, when ``spaced``, one space-separated string of them (OAuth's
     ``scope``)."""
@@ -95,7 +105,7 @@ def datapunk_claims(claims: Mapping[str, Any]) -> Identity:
     if kind is None or subject.endswith(":"):
         raise _malformed("sub", "is not 'client:<id>' or 'service:<name>'")
     if kind == "client" or CLAIM_TENANT in claims:
-        tenant = _name(claims.get(CLAIM_TENANT), CLAIM_TENANT)
+        tenant = _tenant(claims.get(CLAIM_TENANT), CLAIM_TENANT)
     else:
         tenant = ""
     raw_attributes = claims.get(CLAIM_ATTRIBUTES, {})
@@ -153,7 +163,7 @@ class OidcClaims:
     def __call__(self, claims: Mapping[str, Any]) -> Identity:
         issuer, sub = claims["iss"], claims["sub"]
         if self.tenant_claim:
-            tenant = _name(_claim_at(claims, self.tenant_claim), self.tenant_claim)
+            tenant = _tenant(_claim_at(claims, self.tenant_claim), self.tenant_claim)
         else:
             tenant = self.tenant
         roles: frozenset[str] = frozenset()
