@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from datapunk_shared.config import Settings
+import psycopg
+from datapunk_shared.config import Settings, load_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from psycopg import conninfo, sql
 
 from tests.auth_support import issuer
 
@@ -80,6 +83,34 @@ def wait_for_health(address: str, process: subprocess.Popen[bytes], deadline: fl
     raise TimeoutError(f"service at {address} did not answer health checks")
 
 
+_nexus_database: str | None = None
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def nexus_test_database() -> str:
+    """The URL of a database, on the stack's PostgreSQL, for the Nexus processes the tests
+    start (made once per test run, dropped at its end). The stack's own Nexus keeps its
+    signing keys in the stack's database, and a test Nexus, which signs with the suite's
+    key, must not take over (or be refused by) the installation's key ring."""
+    global _nexus_database
+    if _nexus_database is None:
+        stack_url = load_settings().engines.postgres.url
+        name = f"datapunk_tests_{os.getpid()}"
+        admin_url = conninfo.make_conninfo(stack_url, dbname="postgres")
+        _drop_database(admin_url, name)
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        atexit.register(_drop_database, admin_url, name)
+        _nexus_database = conninfo.make_conninfo(stack_url, dbname=name)
+    return _nexus_database
+
+
 @contextmanager
 def run_service(
     name: str, tmp_path: Path, extra_env: Mapping[str, str] | None = None
@@ -87,7 +118,8 @@ def run_service(
     """Start ``datapunk-<name>`` on free ports and stop it (SIGTERM) afterwards.
 
     A Lake keeps its embedded vector shards under ``tmp_path/vectors`` (one process may
-    hold a shard open), never in the repository's data dir, which the stack's Lake owns."""
+    hold a shard open), never in the repository's data dir, which the stack's Lake owns.
+    A Nexus given the stack's database gets ``nexus_test_database()`` instead."""
     port, metrics_port = free_port(), free_port()
     log_path = tmp_path / f"{name}-{port}.log"
     env = {
@@ -100,6 +132,10 @@ def run_service(
         "DATAPUNK_NEXUS__REST__PORT": str(free_port()),
         **(extra_env or {}),
     }
+    if name == "nexus":
+        stack_url = load_settings().engines.postgres.url
+        if env.get("DATAPUNK_ENGINES__POSTGRES__URL", stack_url) == stack_url:
+            env["DATAPUNK_ENGINES__POSTGRES__URL"] = nexus_test_database()
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [str(BIN / f"datapunk-{name}")],
