@@ -484,4 +484,6 @@ async def test_a_caller_without_a_valid_tenant_manages_nothing(
             metadata=odd,
         )
     )
-    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "INVALID_TENANT")
+    # A token naming a tenant that is not a tenant id is refused when it is verified,
+    # before any servicer sees it.
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "MALFORMED_TOKEN")
