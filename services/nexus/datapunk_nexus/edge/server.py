@@ -51,11 +51,11 @@ from datapunk_nexus.edge.status import (
 from datapunk_nexus.edge.template import TemplateError
 from datapunk_nexus.edge.transcode import decode_response, encode_request, parse_json_body
 from datapunk_nexus.identity.enforce import (
-    API_KEY_HEADER,
     AccessGuard,
     Caller,
     StreamPermissions,
     call_info,
+    credentials_of,
 )
 from datapunk_nexus.policy import (
     NoCache,
@@ -419,13 +419,14 @@ class RestEdge:
         return limit
 
     def _caller(self, exchange: _Exchange, route: Route) -> Caller:
-        headers = exchange.request.headers
+        # aiohttp's headers match names case-insensitively, as HTTP wants.
+        authorization, api_key = credentials_of(exchange.request.headers)
         return Caller(
             method=route.grpc_method,
             client_ip=exchange.client_ip,
             request_id=exchange.request_id,
-            authorization=headers.get("Authorization"),
-            api_key=headers.get(API_KEY_HEADER),
+            authorization=authorization,
+            api_key=api_key,
         )
 
     async def _authenticate(self, caller: Caller) -> Identity | None:

@@ -33,11 +33,11 @@ from datapunk_nexus.entry.metadata import (
 )
 from datapunk_nexus.entry.routes import CallKind, Route, RouteTable
 from datapunk_nexus.identity.enforce import (
-    API_KEY_HEADER,
     AccessGuard,
     Caller,
     StreamPermissions,
     call_info,
+    credentials_of,
 )
 from datapunk_nexus.policy import CallInfo, RequestGate, ResponseCache, rejection_headers
 
@@ -120,17 +120,15 @@ class _Forwarder:
         incoming = context.invocation_metadata() or ()
         request_id = request_id_of(incoming) or new_request_id()
         timeout = DeadlinePolicy.timeout(context.time_remaining(), self.fallback_timeout)
-        credentials = {
-            key: value
-            for key, value in incoming
-            if key in ("authorization", API_KEY_HEADER) and isinstance(value, str)
-        }
+        authorization, api_key = credentials_of(
+            {key: value for key, value in incoming if isinstance(value, str)}
+        )
         caller = Caller(
             method=self.route.method,
             client_ip=client_ip(context.peer()),
             request_id=request_id,
-            authorization=credentials.get("authorization"),
-            api_key=credentials.get(API_KEY_HEADER),
+            authorization=authorization,
+            api_key=api_key,
         )
         return caller, tuple(incoming), timeout
 

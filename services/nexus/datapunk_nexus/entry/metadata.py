@@ -10,6 +10,9 @@ from collections.abc import Iterable, Mapping
 from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.status_codes import STATUS_DETAILS_KEY
 
+# The caller's credentials stay at the entry; Nexus sends its own (AccessGuard).
+from datapunk_nexus.identity.enforce import STRIPPED
+
 __all__ = [
     "Metadata",
     "client_ip",
@@ -36,11 +39,6 @@ _HOP_BY_HOP = frozenset(
         "user-agent",
     }
 )
-
-
-# The caller's credentials stay at the entry; Nexus sends its own and says on whose
-# behalf it calls (datapunk_nexus.identity.enforce).
-_CREDENTIALS = frozenset({"authorization", "x-api-key", "x-datapunk-on-behalf-of"})
 
 
 def _crosses(key: str) -> bool:
@@ -71,7 +69,7 @@ def outgoing(
     kept.extend(
         (key, value)
         for key, value in metadata or ()
-        if key != REQUEST_ID_KEY and key not in _CREDENTIALS and _crosses(key)
+        if key != REQUEST_ID_KEY and key not in STRIPPED and _crosses(key)
     )
     return tuple(kept)
 
