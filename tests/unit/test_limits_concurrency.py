@@ -155,3 +155,52 @@ async def test_route_table_stays_bounded_with_caller_chosen_methods() -> None:
         async with g.admit(CallInfo(f"/x.Y/M{i}", "ip")):
             pass
     assert len(g._concurrency._slots) <= 4096
+
+
+async def test_a_freed_slot_goes_to_the_first_waiter() -> None:
+    g = gate(max_in_flight=1, max_waiting=5, max_wait=30)
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        async with g.admit(CallInfo(SEARCH, "ip")):
+            order.append(i)
+
+    async with g.admit(CallInfo(SEARCH, "ip")):
+        waiters = [asyncio.create_task(one(i)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        assert slots_of(g).waiting == 3
+    await asyncio.gather(*waiters)
+    assert order == [0, 1, 2]
+    assert slots_of(g).in_flight == 0
+
+
+async def test_a_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
+    g = gate(max_in_flight=1, max_waiting=5, max_wait=30)
+    holder = g.admit(CallInfo(SEARCH, "ip"))
+    await holder.__aenter__()
+    first = asyncio.create_task(g.admit(CallInfo(SEARCH, "ip")).__aenter__())
+    second = asyncio.create_task(g.admit(CallInfo(SEARCH, "ip")).__aenter__())
+    await asyncio.sleep(0.01)
+    await holder.__aexit__(None, None, None)  # the slot goes to ``first``...
+    first.cancel()  # ...which is cancelled before it runs again
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, 1)  # so ``second`` gets it
+    assert slots_of(g).in_flight == 1
+    assert slots_of(g).waiting == 0
+
+
+async def test_a_call_matching_two_bounds_holds_nothing_when_one_sheds() -> None:
+    both = [
+        ConcurrencyRule(methods=[SEARCH], max_in_flight=5),
+        ConcurrencyRule(methods=["*"], max_in_flight=1, per_method=False),
+    ]
+    g = build_gate(RateLimitSettings(backend="memory", concurrency=both), None)
+    route, shared = g._concurrency.slots_for(SEARCH)
+    async with g.admit(CallInfo(GET, "ip")):  # takes the shared slot
+        with pytest.raises(Unavailable) as refused:
+            async with g.admit(CallInfo(SEARCH, "ip")):
+                pass
+        assert refused.value.metadata == {"route": "concurrency rule 1", "max_in_flight": "1"}
+        assert route.in_flight == 0
+    assert shared.in_flight == 0

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from types import TracebackType
 from typing import Literal, Protocol
 
 from datapunk_shared.errors import ResourceExhausted, Unavailable
 from datapunk_shared.logging import get_logger
 
-from datapunk_nexus.limits.concurrency import ConcurrencyLimits
+from datapunk_nexus.limits.concurrency import ConcurrencyLimits, RouteSlots, release
 from datapunk_nexus.limits.gcra import BucketState, Decision, MemoryGcra
 from datapunk_nexus.limits.metrics import RATE_LIMIT_DECISIONS
 from datapunk_nexus.limits.rules import Bucket, MethodTable
@@ -66,17 +66,8 @@ class LimitsGate:
         self._shared_down_until = 0.0
         self._allowed = RATE_LIMIT_DECISIONS.labels("allowed", "")
 
-    @asynccontextmanager
-    async def admit(self, call: CallInfo) -> AsyncIterator[Mapping[str, str]]:
-        if not self._concurrency:
-            headers = await self._check_rate(call)
-            self._allowed.inc()
-            yield headers
-            return
-        async with self._concurrency.hold(call.method):
-            headers = await self._check_rate(call)
-            self._allowed.inc()
-            yield headers
+    def admit(self, call: CallInfo) -> _Admission:
+        return _Admission(self, call)
 
     async def check_rate(self, call: CallInfo) -> Mapping[str, str]:
         headers = await self._check_rate(call)
@@ -121,6 +112,43 @@ class LimitsGate:
                 reason="RATE_LIMITER_UNAVAILABLE",
             )
         return None
+
+
+class _Admission:
+    """``LimitsGate.admit``: a concurrency slot of every bound of the route, held until
+    the ``async with`` ends, then the rate limits. A plain class rather than a generator
+    context manager: a shed call is refused with one function call and no suspension."""
+
+    __slots__ = ("_call", "_gate", "_taken")
+
+    def __init__(self, gate: LimitsGate, call: CallInfo) -> None:
+        self._gate = gate
+        self._call = call
+        self._taken: tuple[RouteSlots, ...] = ()
+
+    async def __aenter__(self) -> Mapping[str, str]:
+        gate = self._gate
+        if gate._concurrency:
+            self._taken = await gate._concurrency.acquire(self._call.method)
+        try:
+            headers = await gate._check_rate(self._call)
+        except BaseException:
+            self._release()
+            raise
+        gate._allowed.inc()
+        return headers
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        taken, self._taken = self._taken, ()
+        release(taken)
 
 
 def _tightest(buckets: list[Bucket], states: tuple[BucketState, ...]) -> int:
