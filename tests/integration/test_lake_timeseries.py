@@ -7,6 +7,7 @@ milliseconds of the acknowledgement), so reads after writes poll until the rows 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import signal
 import threading
@@ -418,6 +419,34 @@ async def test_stream_write_acknowledges_each_batch_in_order(
     assert [a.row_count for a in acks] == [100] * 10
     assert acks[-1].total_row_count == 1000
     _wait_rows(qdb, series_id, 1000)
+
+
+async def test_stream_write_acknowledges_each_batch_before_the_next_is_sent(
+    stub: Stub, qdb: psycopg.Connection[Any]
+) -> None:
+    """A client that sends a batch only after the previous one was acknowledged (the
+    contract: each batch is answered once QuestDB accepted it) gets every ack without
+    sending anything more; the ack arrives after the rows are in QuestDB."""
+    series_id = await _create(stub)
+    acked = asyncio.Event()
+
+    async def requests() -> AsyncIterator[pb.StreamWriteRowsRequest]:
+        for b in range(3):
+            stamps = [T0 + (b * 10 + i) * SECOND for i in range(10)]
+            yield pb.StreamWriteRowsRequest(
+                series=f"series/{series_id}", rows=_rows(stamps, ["h"] * 10, [1.0] * 10)
+            )
+            await acked.wait()
+            acked.clear()
+
+    call = stub.StreamWriteRows(requests(), timeout=60)
+    for b in range(3):
+        ack = await asyncio.wait_for(call.read(), timeout=10)
+        assert (ack.batch_index, ack.row_count, ack.total_row_count) == (b, 10, 10 * (b + 1))
+        _wait_rows(qdb, series_id, 10 * (b + 1))
+        acked.set()
+    assert await call.read() == grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
 
 
 # --- aggregates, latest, downsampling --------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -241,31 +240,50 @@ class TSStore:
     async def write_stream(
         self, batches: AsyncIterator[tuple[str, RowBatch]]
     ) -> AsyncIterator[StreamAck]:
-        """Write each batch as it arrives, at most ``stream_max_in_flight`` at a time, and
-        acknowledge them in order, each only after the engine accepted it. The first
-        failure ends the stream (raised after the acknowledgements before it)."""
-        pending: deque[asyncio.Task[int]] = deque()
-        limit = self.settings.stream_max_in_flight
+        """Write each batch as it arrives and acknowledge them in order, each as soon as the
+        engine accepted it (never waiting for the next batch: a client may send a batch only
+        after the previous one was acknowledged). A new batch is read only while fewer than
+        ``stream_max_in_flight`` are waiting for the engine. The first failure ends the
+        stream, raised after the acknowledgements of the batches before it."""
+        slots = asyncio.Semaphore(max(1, self.settings.stream_max_in_flight))
+        writes: asyncio.Queue[asyncio.Task[int] | None] = asyncio.Queue()
+        started: set[asyncio.Task[int]] = set()  # writes not acknowledged yet
+
+        async def read() -> None:
+            # The batches are read in a task of their own, so that an acknowledgement never
+            # waits for the client's next batch.
+            try:
+                iterator = aiter(batches)
+                while True:
+                    await slots.acquire()
+                    try:
+                        series_id, batch = await anext(iterator)
+                    except StopAsyncIteration:
+                        return
+                    task = asyncio.create_task(self.write(series_id, batch))
+                    started.add(task)
+                    writes.put_nowait(task)
+            finally:
+                writes.put_nowait(None)
+
+        reader = asyncio.create_task(read())
         index = 0
         total = 0
         try:
-            async for series_id, batch in batches:
-                pending.append(asyncio.create_task(self.write(series_id, batch)))
-                while pending and (len(pending) >= limit or pending[0].done()):
-                    rows = await pending.popleft()
-                    total += rows
-                    yield StreamAck(index, rows, total)
-                    index += 1
-            while pending:
-                rows = await pending.popleft()
+            while (task := await writes.get()) is not None:
+                rows = await task
+                started.discard(task)
+                slots.release()
                 total += rows
                 yield StreamAck(index, rows, total)
                 index += 1
+            await reader  # the request stream's own failure, if it had one
         finally:
-            for task in pending:
+            reader.cancel()
+            unfinished = list(started)
+            for task in unfinished:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(reader, *unfinished, return_exceptions=True)
 
     # --- queries -----------------------------------------------------------------------
 
