@@ -563,3 +563,162 @@ async def test_a_change_through_one_instance_applies_in_another(
             async with asyncio.timeout(5):
                 while not (await check(second.stub, bob, "collection/docs")).allowed:
                     await asyncio.sleep(0.05)
+
+
+# --- classification labels ------------------------------------------------------------
+
+
+def internal_reader_role() -> Any:
+    """Reads anything of the tenant classified at most internal."""
+    return T.Role(
+        name="roles/internal-reader",
+        permissions=[
+            T.Permission(
+                resource_type=T.RESOURCE_TYPE_ANY,
+                name_pattern="*",
+                actions=[T.ACTION_READ],
+                conditions=T.Conditions(max_classification=T.CLASSIFICATION_INTERNAL),
+            )
+        ],
+    )
+
+
+def label(resource: str, level: T.Classification) -> Any:
+    return T.LabelResourceRequest(label=T.ResourceLabel(resource=resource, classification=level))
+
+
+async def test_labels_decide_what_classification_conditions_reach(served: Served) -> None:
+    stub, acme = served.stub, tenant()
+    root = caller("root", acme, ["admin"])
+    bob = caller("bob", acme, ["internal-reader"])
+    await stub.PutRole(T.PutRoleRequest(role=internal_reader_role()), metadata=root, timeout=10)
+
+    # Unlabelled counts as restricted: the condition reaches nothing yet.
+    assert not (await check(stub, bob, "collection/docs")).allowed
+
+    first = await stub.LabelResource(
+        label("collection/docs", T.CLASSIFICATION_INTERNAL), metadata=root, timeout=10
+    )
+    assert first.label.resource == "collection/docs"
+    assert first.label.classification == T.CLASSIFICATION_INTERNAL
+    assert first.label.HasField("update_time")
+    assert first.previous_classification == T.CLASSIFICATION_UNSPECIFIED
+    assert (await check(stub, bob, "collection/docs")).allowed
+    assert not (await check(stub, bob, "collection/other")).allowed
+    # A "what if" question names a level and gets the answer at that level.
+    what_if = await check(stub, bob, "collection/docs", classification=T.CLASSIFICATION_RESTRICTED)
+    assert not what_if.allowed
+
+    raised = await stub.LabelResource(
+        label("collection/docs", T.CLASSIFICATION_CONFIDENTIAL), metadata=root, timeout=10
+    )
+    assert raised.previous_classification == T.CLASSIFICATION_INTERNAL
+    assert not (await check(stub, bob, "collection/docs")).allowed
+    got = await stub.GetResourceLabel(
+        T.GetResourceLabelRequest(resource="collection/docs"), metadata=root, timeout=10
+    )
+    assert got.label == raised.label
+
+    for name in ("series/cpu", "layer/roads", "dataset/a", "pipeline/b"):
+        await stub.LabelResource(label(name, T.CLASSIFICATION_PUBLIC), metadata=root, timeout=10)
+    resources: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListResourceLabels(
+            T.ListResourceLabelsRequest(page_size=2, page_token=token), metadata=root, timeout=10
+        )
+        resources.extend(one.resource for one in page.labels)
+        token = page.next_page_token
+        if not token:
+            break
+    assert resources == ["collection/docs", "dataset/a", "layer/roads", "pipeline/b", "series/cpu"]
+
+    deleted = await stub.DeleteResourceLabel(
+        T.DeleteResourceLabelRequest(resource="collection/docs"), metadata=root, timeout=10
+    )
+    assert deleted.previous_classification == T.CLASSIFICATION_CONFIDENTIAL
+    assert not (await check(stub, bob, "collection/docs")).allowed
+    for call in (
+        stub.DeleteResourceLabel(
+            T.DeleteResourceLabelRequest(resource="collection/docs"), metadata=root, timeout=10
+        ),
+        stub.GetResourceLabel(
+            T.GetResourceLabelRequest(resource="collection/docs"), metadata=root, timeout=10
+        ),
+    ):
+        code, error = await failure(call)
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert error.reason == "LABEL_NOT_FOUND"
+
+
+async def test_labels_stay_in_their_tenant(served: Served) -> None:
+    stub, acme, other = served.stub, tenant(), tenant()
+    for who in (acme, other):
+        await stub.PutRole(
+            T.PutRoleRequest(role=internal_reader_role()),
+            metadata=caller("root", who, ["admin"]),
+            timeout=10,
+        )
+    await stub.LabelResource(
+        label("collection/docs", T.CLASSIFICATION_PUBLIC),
+        metadata=caller("root", other, ["admin"]),
+        timeout=10,
+    )
+    bob = caller("bob", acme, ["internal-reader"])
+    assert not (await check(stub, bob, "collection/docs")).allowed
+    assert (await check(stub, caller("bob", other, ["internal-reader"]), "collection/docs")).allowed
+    root = caller("root", acme, ["admin"])
+    code, error = await failure(
+        stub.GetResourceLabel(
+            T.GetResourceLabelRequest(resource="collection/docs"), metadata=root, timeout=10
+        )
+    )
+    assert (code, error.reason) == (grpc.StatusCode.NOT_FOUND, "LABEL_NOT_FOUND")
+    assert not (await stub.ListResourceLabels(T.ListResourceLabelsRequest(), metadata=root)).labels
+
+
+async def test_bad_labels_and_non_admins_are_refused(served: Served) -> None:
+    stub, acme = served.stub, tenant()
+    root = caller("root", acme, ["admin"])
+    for request, field in [
+        (label("route/datapunk.nexus.v1.PolicyService.PutRole", 4), "label.resource"),
+        (label("platform/anything", T.CLASSIFICATION_PUBLIC), "label.resource"),
+        (label("collection/*", T.CLASSIFICATION_PUBLIC), "label.resource"),
+        (label("collection/a/b", T.CLASSIFICATION_PUBLIC), "label.resource"),
+        (label("collection/docs", T.CLASSIFICATION_UNSPECIFIED), "label.classification"),
+        (label("collection/docs", 99), "label.classification"),
+    ]:
+        code, error = await failure(stub.LabelResource(request, metadata=root, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert field in {v.field for v in getattr(error, "violations", [])}, request
+    code, _ = await failure(stub.LabelResource(T.LabelResourceRequest(), metadata=root))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    writer = caller("wendy", acme, ["writer"])
+    code, error = await failure(
+        stub.LabelResource(
+            label("collection/docs", T.CLASSIFICATION_PUBLIC), metadata=writer, timeout=10
+        )
+    )
+    assert (code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+
+
+async def test_a_label_set_through_one_instance_applies_in_another(
+    settings: Settings, pool: AsyncConnectionPool
+) -> None:
+    acme = tenant()
+    root = caller("root", acme, ["admin"])
+    bob = caller("bob", acme, ["internal-reader"])
+    fast = fast_reloads(settings)
+    async for first in serve(fast, pool):
+        async for second in serve(fast, pool):
+            await first.stub.PutRole(
+                T.PutRoleRequest(role=internal_reader_role()), metadata=root, timeout=10
+            )
+            assert not (await check(second.stub, bob, "collection/docs")).allowed
+            await first.stub.LabelResource(
+                label("collection/docs", T.CLASSIFICATION_PUBLIC), metadata=root, timeout=10
+            )
+            async with asyncio.timeout(5):
+                while not (await check(second.stub, bob, "collection/docs")).allowed:
+                    await asyncio.sleep(0.05)

@@ -217,6 +217,70 @@ class CheckPermissionRequest(_message.Message):
     classification: Classification
     def __init__(self, principal: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., resource: _Optional[str] = ..., classification: _Optional[_Union[Classification, str]] = ...) -> None: ...
 
+class ResourceLabel(_message.Message):
+    __slots__ = ("resource", "classification", "update_time")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    classification: Classification
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, resource: _Optional[str] = ..., classification: _Optional[_Union[Classification, str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LabelResourceRequest(_message.Message):
+    __slots__ = ("label",)
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    label: ResourceLabel
+    def __init__(self, label: _Optional[_Union[ResourceLabel, _Mapping]] = ...) -> None: ...
+
+class LabelResourceResponse(_message.Message):
+    __slots__ = ("label", "previous_classification")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    label: ResourceLabel
+    previous_classification: Classification
+    def __init__(self, label: _Optional[_Union[ResourceLabel, _Mapping]] = ..., previous_classification: _Optional[_Union[Classification, str]] = ...) -> None: ...
+
+class GetResourceLabelRequest(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    def __init__(self, resource: _Optional[str] = ...) -> None: ...
+
+class GetResourceLabelResponse(_message.Message):
+    __slots__ = ("label",)
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    label: ResourceLabel
+    def __init__(self, label: _Optional[_Union[ResourceLabel, _Mapping]] = ...) -> None: ...
+
+class ListResourceLabelsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListResourceLabelsResponse(_message.Message):
+    __slots__ = ("labels", "next_page_token")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[ResourceLabel]
+    next_page_token: str
+    def __init__(self, labels: _Optional[_Iterable[_Union[ResourceLabel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteResourceLabelRequest(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    def __init__(self, resource: _Optional[str] = ...) -> None: ...
+
+class DeleteResourceLabelResponse(_message.Message):
+    __slots__ = ("previous_classification",)
+    PREVIOUS_CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    previous_classification: Classification
+    def __init__(self, previous_classification: _Optional[_Union[Classification, str]] = ...) -> None: ...
+
 class MatchedRule(_message.Message):
     __slots__ = ("role", "permission")
     ROLE_FIELD_NUMBER: _ClassVar[int]

@@ -52,6 +52,11 @@ class PolicyServiceStub:
     `nexus.auth.policy.platform_tenant` setting), also administer the platform itself
     (resources of type `platform`, such as the token signing keys).
 
+    A resource's classification comes from its label (LabelResource); a resource without
+    a label counts as the `nexus.auth.policy.unlabelled_classification` setting
+    (restricted by default), so conditions on classification only ever reach resources
+    someone labelled.
+
     Changes take effect at once in the Nexus instance that made them and within the
     `nexus.auth.policy.reload_interval` setting (one second by default) in every other one.
     """
@@ -97,6 +102,26 @@ class PolicyServiceStub:
                 request_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListRoleBindingsRequest.SerializeToString,
                 response_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListRoleBindingsResponse.FromString,
                 _registered_method=True)
+        self.LabelResource = channel.unary_unary(
+                '/datapunk.nexus.v1.PolicyService/LabelResource',
+                request_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.LabelResourceRequest.SerializeToString,
+                response_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.LabelResourceResponse.FromString,
+                _registered_method=True)
+        self.GetResourceLabel = channel.unary_unary(
+                '/datapunk.nexus.v1.PolicyService/GetResourceLabel',
+                request_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.GetResourceLabelRequest.SerializeToString,
+                response_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.GetResourceLabelResponse.FromString,
+                _registered_method=True)
+        self.ListResourceLabels = channel.unary_unary(
+                '/datapunk.nexus.v1.PolicyService/ListResourceLabels',
+                request_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListResourceLabelsRequest.SerializeToString,
+                response_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListResourceLabelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteResourceLabel = channel.unary_unary(
+                '/datapunk.nexus.v1.PolicyService/DeleteResourceLabel',
+                request_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.DeleteResourceLabelRequest.SerializeToString,
+                response_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.DeleteResourceLabelResponse.FromString,
+                _registered_method=True)
         self.CheckPermission = channel.unary_unary(
                 '/datapunk.nexus.v1.PolicyService/CheckPermission',
                 request_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.CheckPermissionRequest.SerializeToString,
@@ -130,6 +155,11 @@ class PolicyServiceServicer:
     resource). The admins of the platform tenant, when one is configured (the
     `nexus.auth.policy.platform_tenant` setting), also administer the platform itself
     (resources of type `platform`, such as the token signing keys).
+
+    A resource's classification comes from its label (LabelResource); a resource without
+    a label counts as the `nexus.auth.policy.unlabelled_classification` setting
+    (restricted by default), so conditions on classification only ever reach resources
+    someone labelled.
 
     Changes take effect at once in the Nexus instance that made them and within the
     `nexus.auth.policy.reload_interval` setting (one second by default) in every other one.
@@ -202,6 +232,43 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LabelResource(self, request, context):
+        """LabelResource sets the data classification of one resource of the caller's tenant,
+        replacing the label it had. Labels are kept by name: a label stays when the resource
+        is deleted and applies again to a resource created later with the same name, so a
+        sensitive name never loses its protection by being re-created. It fails with
+        INVALID_ARGUMENT for a resource type that takes no label (routes and platform
+        methods).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResourceLabel(self, request, context):
+        """GetResourceLabel returns the label of one resource of the caller's tenant. It fails
+        with NOT_FOUND (reason LABEL_NOT_FOUND) when the resource has no label.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListResourceLabels(self, request, context):
+        """ListResourceLabels lists the labels of the caller's tenant in resource order, one page
+        at a time. Page tokens are stable: a page starts after the last resource of the
+        previous page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResourceLabel(self, request, context):
+        """DeleteResourceLabel removes the label of a resource, which then counts as unlabelled.
+        It fails with NOT_FOUND (reason LABEL_NOT_FOUND) when the resource has no label.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CheckPermission(self, request, context):
         """CheckPermission tells whether a principal may take an action on a resource, and which
         rule allows it. Any authenticated caller may ask about itself; asking about another
@@ -252,6 +319,26 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     request_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListRoleBindingsRequest.FromString,
                     response_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListRoleBindingsResponse.SerializeToString,
             ),
+            'LabelResource': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelResource,
+                    request_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.LabelResourceRequest.FromString,
+                    response_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.LabelResourceResponse.SerializeToString,
+            ),
+            'GetResourceLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResourceLabel,
+                    request_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.GetResourceLabelRequest.FromString,
+                    response_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.GetResourceLabelResponse.SerializeToString,
+            ),
+            'ListResourceLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourceLabels,
+                    request_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListResourceLabelsRequest.FromString,
+                    response_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListResourceLabelsResponse.SerializeToString,
+            ),
+            'DeleteResourceLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResourceLabel,
+                    request_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.DeleteResourceLabelRequest.FromString,
+                    response_serializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.DeleteResourceLabelResponse.SerializeToString,
+            ),
             'CheckPermission': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckPermission,
                     request_deserializer=datapunk_dot_nexus_dot_v1_dot_policy__pb2.CheckPermissionRequest.FromString,
@@ -291,6 +378,11 @@ class PolicyService:
     resource). The admins of the platform tenant, when one is configured (the
     `nexus.auth.policy.platform_tenant` setting), also administer the platform itself
     (resources of type `platform`, such as the token signing keys).
+
+    A resource's classification comes from its label (LabelResource); a resource without
+    a label counts as the `nexus.auth.policy.unlabelled_classification` setting
+    (restricted by default), so conditions on classification only ever reach resources
+    someone labelled.
 
     Changes take effect at once in the Nexus instance that made them and within the
     `nexus.auth.policy.reload_interval` setting (one second by default) in every other one.
@@ -475,6 +567,114 @@ class PolicyService:
             '/datapunk.nexus.v1.PolicyService/ListRoleBindings',
             datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListRoleBindingsRequest.SerializeToString,
             datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListRoleBindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelResource(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datapunk.nexus.v1.PolicyService/LabelResource',
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.LabelResourceRequest.SerializeToString,
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.LabelResourceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResourceLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datapunk.nexus.v1.PolicyService/GetResourceLabel',
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.GetResourceLabelRequest.SerializeToString,
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.GetResourceLabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourceLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datapunk.nexus.v1.PolicyService/ListResourceLabels',
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListResourceLabelsRequest.SerializeToString,
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.ListResourceLabelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResourceLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/datapunk.nexus.v1.PolicyService/DeleteResourceLabel',
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.DeleteResourceLabelRequest.SerializeToString,
+            datapunk_dot_nexus_dot_v1_dot_policy__pb2.DeleteResourceLabelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,12 +17,25 @@ from types import MappingProxyType
 from typing import Any
 
 from datapunk_shared.auth.identity import Identity, IdentityKind
-from datapunk_shared.errors import FailedPrecondition, PermissionDenied
+from datapunk_shared.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    PermissionDenied,
+)
 from datapunk_shared.paging import decode_page_token, encode_page_token, invalid_page_token
 
 from datapunk_nexus.identity.policy.authorizer import CLASSIFICATION_ATTRIBUTE, PolicyAuthorizer
-from datapunk_nexus.identity.policy.rules import BUILTIN_ROLE_IDS, Binding, Decision, Role
-from datapunk_nexus.identity.policy.store import PolicyStore, role_not_found
+from datapunk_nexus.identity.policy.rules import (
+    BUILTIN_ROLE_IDS,
+    CLASSIFICATIONS,
+    Binding,
+    Decision,
+    Label,
+    Role,
+    is_labellable,
+)
+from datapunk_nexus.identity.policy.store import PolicyStore, label_not_found, role_not_found
 
 __all__ = ["DEFAULT_PAGE_SIZE", "PolicyAdmin"]
 
@@ -74,6 +87,20 @@ def _decode_token(token: str, query: str, size: int) -> list[str] | None:
             "the token belongs to another query; repeat the query's parameters",
         )
     return position
+
+
+def _check_labellable(resource: str, field: str) -> None:
+    # The contract's pattern says the same; this keeps a direct caller of PolicyAdmin
+    # from storing a label no decision would ever read.
+    if not is_labellable(resource):
+        raise InvalidArgument(
+            f"{resource!r} cannot take a label",
+            violations=[
+                FieldViolation(
+                    field, "a collection, series, layer, dataset or pipeline, named exactly"
+                )
+            ],
+        )
 
 
 def _tenant(caller: Identity) -> str:
@@ -186,6 +213,54 @@ class PolicyAdmin:
         if len(found) > size:
             token = _encode_token(query, [page[-1].principal, page[-1].role_id])
         return page, token
+
+    # --- labels -----------------------------------------------------------------------
+
+    async def label(
+        self, caller: Identity, resource: str, classification: str
+    ) -> tuple[Label, str]:
+        """Label ``resource`` with ``classification``; returns the stored label and the
+        classification it replaced (empty when none)."""
+        tenant = _tenant(caller)
+        _check_labellable(resource, "label.resource")
+        if classification not in CLASSIFICATIONS:
+            raise InvalidArgument(
+                "a label needs a classification",
+                violations=[FieldViolation("label.classification", "unknown classification")],
+            )
+        stored, previous = await self._store.put_label(tenant, resource, classification)
+        await self._changed(tenant)
+        return stored, previous
+
+    async def get_label(self, caller: Identity, resource: str) -> Label:
+        tenant = _tenant(caller)
+        _check_labellable(resource, "resource")
+        label = await self._store.get_label(tenant, resource)
+        if label is None:
+            raise label_not_found(resource)
+        return label
+
+    async def list_labels(
+        self, caller: Identity, page_size: int, page_token: str
+    ) -> tuple[list[Label], str]:
+        tenant = _tenant(caller)
+        size = page_size or DEFAULT_PAGE_SIZE
+        query = _fingerprint("labels")
+        position = _decode_token(page_token, query, 1)
+        found = await self._store.list_labels(
+            tenant, after=position[0] if position else None, limit=size + 1
+        )
+        page = found[:size]
+        token = _encode_token(query, [page[-1].resource]) if len(found) > size else ""
+        return page, token
+
+    async def delete_label(self, caller: Identity, resource: str) -> str:
+        """Remove the label of ``resource``; returns the classification it had."""
+        tenant = _tenant(caller)
+        _check_labellable(resource, "resource")
+        previous = await self._store.delete_label(tenant, resource)
+        await self._changed(tenant)
+        return previous
 
     # --- permission questions ---------------------------------------------------------
 

@@ -169,6 +169,7 @@ class PolicyAuthorizer:
             snapshot.version,
             [*self.builtin_roles(tenant).values(), *snapshot.roles],
             snapshot.bindings,
+            snapshot.labels,
             cache_size=self._settings.decision_cache_size,
         )
         policy.confirmed_at = asked_at
@@ -192,7 +193,8 @@ class PolicyAuthorizer:
         attributes: Mapping[str, str] = _NO_ATTRIBUTES,
     ) -> Decision:
         """Whether ``identity`` may take ``action`` (read, write, admin) on ``resource``
-        (``<type>/<name>``) whose attributes are ``attributes`` (its ``classification``).
+        (``<type>/<name>``) whose attributes are ``attributes`` (its ``classification``;
+        without one, the resource's label in the tenant's policy, else unlabelled).
         Never raises for a bad action or resource (they are denied); raises Unavailable
         (POLICY_UNAVAILABLE) when the tenant's policy cannot be read or confirmed."""
         effective = identity.effective
@@ -216,8 +218,10 @@ class PolicyAuthorizer:
                 reason="POLICY_UNAVAILABLE",
                 retry_after=self._settings.reload_interval,
             )
+        # An attribute given by the caller of decide (a "what if" question) wins over
+        # the resource's stored label.
         level = classification_level(
-            attributes.get(CLASSIFICATION_ATTRIBUTE),
+            attributes.get(CLASSIFICATION_ATTRIBUTE) or policy.labels.get(resource),
             missing=self._unlabelled,
             unknown=HIGHEST_LEVEL,
         )

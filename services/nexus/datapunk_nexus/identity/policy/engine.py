@@ -34,6 +34,7 @@ from datapunk_nexus.identity.policy.rules import (
     TENANT_TYPES,
     Binding,
     Decision,
+    Label,
     MatchedRule,
     Role,
 )
@@ -117,11 +118,14 @@ class TenantPolicy:
         version: int,
         roles: Iterable[Role],
         bindings: Iterable[Binding],
+        labels: Iterable[Label] = (),
         *,
         cache_size: int = 10_000,
     ) -> None:
         self.tenant = tenant
         self.version = version
+        self.labels: dict[str, str] = {label.resource: label.classification for label in labels}
+        """Each labelled resource's classification, by resource (``<type>/<name>``)."""
         self.confirmed_at = 0.0
         """When the store last confirmed this version is the tenant's current one
         (the authorizer's clock)."""

@@ -217,6 +217,10 @@ _METHODS: Final[Mapping[str, Mapping[str, _Rule]]] = {
         "GrantRole": _admin,
         "RevokeRole": _admin,
         "ListRoleBindings": _admin,
+        "LabelResource": _admin,
+        "GetResourceLabel": _admin,
+        "ListResourceLabels": _admin,
+        "DeleteResourceLabel": _admin,
         "CheckPermission": _check_permission,
     },
     "datapunk.nexus.v1.ApiKeyService": {

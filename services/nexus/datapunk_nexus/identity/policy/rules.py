@@ -22,16 +22,19 @@ __all__ = [
     "CLASSIFICATIONS",
     "CLASSIFICATION_LEVELS",
     "HIGHEST_LEVEL",
+    "LABELLED_TYPES",
     "PLATFORM_TYPE",
     "RESOURCE_TYPES",
     "TENANT_TYPES",
     "Binding",
     "Decision",
+    "Label",
     "MatchedRule",
     "Permission",
     "Role",
     "builtin_roles",
     "classification_level",
+    "is_labellable",
     "is_valid_name",
     "is_valid_role_id",
     "parse_resource",
@@ -43,6 +46,8 @@ ACTIONS: Final = ("read", "write", "admin")
 PLATFORM_TYPE: Final = "platform"
 TENANT_TYPES: Final = ("collection", "series", "layer", "dataset", "pipeline", "route")
 RESOURCE_TYPES: Final = (*TENANT_TYPES, PLATFORM_TYPE)
+LABELLED_TYPES: Final = ("collection", "series", "layer", "dataset", "pipeline")
+"""The types whose resources hold data, and so take a classification label."""
 ANY_TYPE: Final = "*"
 """A permission's type that covers every tenant type (never ``platform``)."""
 
@@ -174,6 +179,22 @@ class Binding:
     principal: str
     role_id: str
     create_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """Resource ``resource`` (``<type>/<name>``) of a tenant is classified
+    ``classification`` (one of CLASSIFICATIONS)."""
+
+    resource: str
+    classification: str
+    update_time: datetime | None = None
+
+
+def is_labellable(resource: str) -> bool:
+    """Whether ``resource`` names one resource of a type that takes a label."""
+    parsed = parse_resource(resource)
+    return parsed is not None and parsed[0] in LABELLED_TYPES and parsed[1] != "*"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from datapunk_nexus.identity.policy.rules import (
     CLASSIFICATIONS,
     Binding,
     Decision,
+    Label,
     Permission,
     Role,
 )
@@ -112,6 +113,18 @@ def _binding_message(binding: Binding) -> policy_pb2.RoleBinding:
         role=f"roles/{binding.role_id}",
         create_time=_timestamp(binding.create_time),
     )
+
+
+def _label_message(label: Label) -> policy_pb2.ResourceLabel:
+    return policy_pb2.ResourceLabel(
+        resource=label.resource,
+        classification=_CLASSIFICATION_ENUMS[label.classification],
+        update_time=_timestamp(label.update_time),
+    )
+
+
+def _classification_enum(name: str) -> policy_pb2.Classification:
+    return _CLASSIFICATION_ENUMS.get(name, policy_pb2.CLASSIFICATION_UNSPECIFIED)
 
 
 def _check_response(principal: str, decision: Decision) -> policy_pb2.CheckPermissionResponse:
@@ -209,6 +222,44 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         )
         return policy_pb2.ListRoleBindingsResponse(
             bindings=[_binding_message(b) for b in bindings], next_page_token=token
+        )
+
+    async def LabelResource(
+        self, request: policy_pb2.LabelResourceRequest, context: Any
+    ) -> policy_pb2.LabelResourceResponse:
+        caller = await self._caller("LabelResource", request)
+        label, previous = await self._admin.label(
+            caller,
+            request.label.resource,
+            _CLASSIFICATIONS.get(request.label.classification, ""),
+        )
+        return policy_pb2.LabelResourceResponse(
+            label=_label_message(label), previous_classification=_classification_enum(previous)
+        )
+
+    async def GetResourceLabel(
+        self, request: policy_pb2.GetResourceLabelRequest, context: Any
+    ) -> policy_pb2.GetResourceLabelResponse:
+        caller = await self._caller("GetResourceLabel", request)
+        label = await self._admin.get_label(caller, request.resource)
+        return policy_pb2.GetResourceLabelResponse(label=_label_message(label))
+
+    async def ListResourceLabels(
+        self, request: policy_pb2.ListResourceLabelsRequest, context: Any
+    ) -> policy_pb2.ListResourceLabelsResponse:
+        caller = await self._caller("ListResourceLabels", request)
+        labels, token = await self._admin.list_labels(caller, request.page_size, request.page_token)
+        return policy_pb2.ListResourceLabelsResponse(
+            labels=[_label_message(label) for label in labels], next_page_token=token
+        )
+
+    async def DeleteResourceLabel(
+        self, request: policy_pb2.DeleteResourceLabelRequest, context: Any
+    ) -> policy_pb2.DeleteResourceLabelResponse:
+        caller = await self._caller("DeleteResourceLabel", request)
+        previous = await self._admin.delete_label(caller, request.resource)
+        return policy_pb2.DeleteResourceLabelResponse(
+            previous_classification=_classification_enum(previous)
         )
 
     async def CheckPermission(

@@ -1,5 +1,5 @@
-"""Roles, role bindings and policy versions in PostgreSQL (migration 0005), through the
-Nexus's psycopg 3 pool.
+"""Roles, role bindings, resource labels and policy versions in PostgreSQL (migrations
+0005 and 0007), through the Nexus's psycopg 3 pool.
 
 Every statement names the tenant; there is no way to read or change anything without
 one. Every change bumps the tenant's row in ``nexus.policy_versions`` first, in the same
@@ -20,19 +20,20 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from datapunk_nexus.identity.policy.rules import Binding, Permission, Role
+from datapunk_nexus.identity.policy.rules import Binding, Label, Permission, Role
 
-__all__ = ["PolicySource", "PolicyStore", "TenantSnapshot", "role_not_found"]
+__all__ = ["PolicySource", "PolicyStore", "TenantSnapshot", "label_not_found", "role_not_found"]
 
 
 @dataclass(frozen=True, slots=True)
 class TenantSnapshot:
-    """A tenant's stored roles and bindings at one version (0: never changed)."""
+    """A tenant's stored roles, bindings and labels at one version (0: never changed)."""
 
     tenant: str
     version: int
     roles: tuple[Role, ...]
     bindings: tuple[Binding, ...]
+    labels: tuple[Label, ...] = ()
 
 
 class PolicySource(Protocol):
@@ -55,6 +56,7 @@ def _role(row: Sequence[Any]) -> Role:
 
 
 _ROLE_COLUMNS = "role_id, description, permissions, create_time, update_time"
+_LABEL_COLUMNS = "resource, classification, update_time"
 
 
 class PolicyStore:
@@ -102,7 +104,11 @@ class PolicyStore:
                 (tenant,),
             )
             bindings = tuple(Binding(*r) for r in await cursor.fetchall())
-        return TenantSnapshot(tenant, int(row[0]) if row else 0, roles, bindings)
+            cursor = await conn.execute(
+                f"SELECT {_LABEL_COLUMNS} FROM nexus.policy_labels WHERE tenant = %s", (tenant,)
+            )
+            labels = tuple(Label(*r) for r in await cursor.fetchall())
+        return TenantSnapshot(tenant, int(row[0]) if row else 0, roles, bindings, labels)
 
     async def versions(self, tenants: Sequence[str]) -> dict[str, int]:
         """The current version of each of ``tenants`` (0 for one never changed)."""
@@ -245,6 +251,72 @@ class PolicyStore:
                 ),
             )
             return [Binding(p, r, t) for p, r, t in await cursor.fetchall()]
+
+    # --- labels -----------------------------------------------------------------------
+
+    async def put_label(self, tenant: str, resource: str, classification: str) -> tuple[Label, str]:
+        """Label ``resource`` with ``classification``; returns the label as stored and the
+        classification it replaced (empty when it had none)."""
+        async with self._change(tenant) as conn:
+            cursor = await conn.execute(
+                "SELECT classification FROM nexus.policy_labels"
+                " WHERE tenant = %s AND resource = %s",
+                (tenant, resource),
+            )
+            previous = await cursor.fetchone()
+            cursor = await conn.execute(
+                "INSERT INTO nexus.policy_labels (tenant, resource, classification)"
+                " VALUES (%s, %s, %s) ON CONFLICT (tenant, resource) DO UPDATE SET"
+                " classification = EXCLUDED.classification, update_time = now()"
+                f" RETURNING {_LABEL_COLUMNS}",
+                (tenant, resource, classification),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return Label(*row), previous[0] if previous else ""
+
+    async def get_label(self, tenant: str, resource: str) -> Label | None:
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT {_LABEL_COLUMNS} FROM nexus.policy_labels"
+                " WHERE tenant = %s AND resource = %s",
+                (tenant, resource),
+            )
+            row = await cursor.fetchone()
+        return Label(*row) if row else None
+
+    async def list_labels(self, tenant: str, *, after: str | None, limit: int) -> list[Label]:
+        """Up to ``limit`` labels of ``tenant`` whose resource sorts after ``after``."""
+        async with self._connection() as conn:
+            cursor = await conn.execute(
+                f"SELECT {_LABEL_COLUMNS} FROM nexus.policy_labels"
+                " WHERE tenant = %s AND resource > %s ORDER BY resource LIMIT %s",
+                (tenant, after or "", limit),
+            )
+            return [Label(*r) for r in await cursor.fetchall()]
+
+    async def delete_label(self, tenant: str, resource: str) -> str:
+        """Remove the label of ``resource``; returns the classification it had. NotFound
+        (LABEL_NOT_FOUND) when it had none."""
+        async with self._change(tenant) as conn:
+            cursor = await conn.execute(
+                "DELETE FROM nexus.policy_labels WHERE tenant = %s AND resource = %s"
+                " RETURNING classification",
+                (tenant, resource),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                # Raised inside the transaction: the version bump is rolled back too.
+                raise label_not_found(resource)
+        return str(row[0])
+
+
+def label_not_found(resource: str) -> NotFound:
+    return NotFound(
+        f"{resource} has no classification label",
+        reason="LABEL_NOT_FOUND",
+        metadata={"resource": resource},
+    )
 
 
 def role_not_found(role_id: str) -> NotFound:
