@@ -39,6 +39,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from datapunk.lake.v1 import vectors_pb2, vectors_pb2_grpc
 from datapunk.nexus.v1 import (
     api_keys_pb2,
     api_keys_pb2_grpc,
@@ -1197,3 +1198,83 @@ def test_api_key_guessing_is_rate_limited_and_audited(platform: Platform) -> Non
     _assert_denied_in_audit(nexus, request_id, "INVALID_API_KEY", since=since)
     # Other routes are not covered by the rule.
     assert _rest(nexus, "other-route", {"x-api-key": nexus.admin_key})[0].status == 200
+
+
+def test_classification_labels_decide_at_the_edge(platform: Platform) -> None:
+    """A key whose role reads collections classified at most internal reads a collection
+    only while its label allows: unlabelled (counts as restricted) 403, labelled
+    internal 200, relabelled confidential 403 again — over the REST edge and the gRPC
+    entry, with the label set through the REST edge."""
+    nexus = platform.nexus
+    name = f"labelled_{uuid.uuid4().hex[:8]}"
+    created = _admin_http(
+        nexus,
+        "POST",
+        f"/v1/lake/collections?collectionId={name}",
+        {"vectorSize": 2, "distance": "DISTANCE_COSINE"},
+    )
+    assert created.status == 200, created.body
+    role_id = f"internal-{uuid.uuid4().hex[:6]}"
+    answer = _admin_http(
+        nexus,
+        "PUT",
+        f"/v1/nexus/policy/roles/{role_id}",
+        {
+            "permissions": [
+                {
+                    "resourceType": "RESOURCE_TYPE_COLLECTION",
+                    "namePattern": "*",
+                    "actions": ["ACTION_READ"],
+                    "conditions": {"maxClassification": "CLASSIFICATION_INTERNAL"},
+                }
+            ]
+        },
+    )
+    assert answer.status == 200, answer.body
+    key = _key_with_roles(nexus, role_id)
+
+    def read_status() -> tuple[int, grpc.StatusCode]:
+        rest = _http("GET", nexus.rest + f"/v1/lake/collections/{name}", headers={"x-api-key": key})
+        with _channel(nexus.entry) as channel:
+            try:
+                vectors_pb2_grpc.VectorServiceStub(channel).GetCollection(
+                    vectors_pb2.GetCollectionRequest(name=f"collections/{name}"),
+                    metadata=(("x-api-key", key),),
+                    timeout=15,
+                )
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+        return rest.status, code
+
+    try:
+        assert read_status() == (403, grpc.StatusCode.PERMISSION_DENIED)
+        labelled = _admin_http(
+            nexus,
+            "PUT",
+            f"/v1/nexus/policy/labels/collection/{name}",
+            {"classification": "CLASSIFICATION_INTERNAL"},
+        )
+        assert labelled.status == 200, labelled.body
+        assert labelled.document["label"]["resource"] == f"collection/{name}"
+        assert read_status() == (200, grpc.StatusCode.OK)
+        relabelled = _admin_http(
+            nexus,
+            "PUT",
+            f"/v1/nexus/policy/labels/collection/{name}",
+            {"classification": "CLASSIFICATION_CONFIDENTIAL"},
+        )
+        assert relabelled.document["previousClassification"] == "CLASSIFICATION_INTERNAL"
+        assert read_status() == (403, grpc.StatusCode.PERMISSION_DENIED)
+        listed = _admin_http(nexus, "GET", "/v1/nexus/policy/labels")
+        assert f"collection/{name}" in [one["resource"] for one in listed.document["labels"]]
+        bad = _admin_http(
+            nexus,
+            "PUT",
+            "/v1/nexus/policy/labels/route/datapunk.lake.v1.VectorService.GetCollection",
+            {"classification": "CLASSIFICATION_PUBLIC"},
+        )
+        assert bad.status == 400, bad.body
+    finally:
+        _admin_http(nexus, "DELETE", f"/v1/nexus/policy/labels/collection/{name}")
+        _admin_http(nexus, "DELETE", f"/v1/lake/collections/{name}")
