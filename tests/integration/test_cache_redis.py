@@ -126,7 +126,7 @@ async def test_invalidations_published_by_another_service_are_heard(
         try:
             await publish_invalidation(
                 writer,
-                ["lake/collections/docs"],
+                ["default/lake/collections/docs"],  # a tenantless caller's: the default
                 prefix=cache_settings.key_prefix,
                 channel=cache_settings.channel,
             )

@@ -76,8 +76,9 @@ async def test_invalidate_cache_reaches_redis_and_the_channel(
         async with asyncio.timeout(10):
             while message is None:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-        assert json.loads(message["data"]) == {"tags": tags}
-        assert await redis.get(prefix + "g:t:lake/collections/docs") == b"1"
+        # Scoped to the caller's tenant (the bootstrap administrator's, ``default``).
+        assert json.loads(message["data"]) == {"tags": [f"default/{tag}" for tag in tags]}
+        assert await redis.get(prefix + "g:t:default/lake/collections/docs") == b"1"
         assert await redis.get(prefix + "g:n:lake/layers/roads/features") == b"1"
         assert await redis.get(prefix + "g:n:lake/collections/other") is None
     finally:

@@ -67,6 +67,27 @@ async def test_a_write_invalidates_its_resource_only() -> None:
     assert await c.get(get_call(name="collections/other", principal="alice")) == b"other"
 
 
+def tenant_call(method: str, request: bytes, tenant: str | None, principal: str) -> CallInfo:
+    return CallInfo(method, "10.0.0.1", principal, tenant, request=request)
+
+
+async def test_a_write_drops_its_own_tenants_entries_only() -> None:
+    c = cache()
+    get = vectors_pb2.GetCollectionRequest(name="collections/docs").SerializeToString()
+    upsert = vectors_pb2.UpsertPointsRequest(collection="collections/docs").SerializeToString()
+    await fill(c, tenant_call(GET, get, "acme", "alice"), b"acme's docs")
+    await fill(c, tenant_call(GET, get, "globex", "gina"), b"globex's docs")
+    await fill(c, tenant_call(GET, get, None, "dora"), b"default's docs")
+    await c.after_call(tenant_call(UPSERT, upsert, "acme", "writer"))
+    assert await c.get(tenant_call(GET, get, "acme", "alice")) is None
+    assert await c.get(tenant_call(GET, get, "globex", "gina")) == b"globex's docs"
+    assert await c.get(tenant_call(GET, get, None, "dora")) == b"default's docs"
+    # A call without a tenant is the default tenant's, as the services see it.
+    c.drop_local(["default/lake/collections/docs"])
+    assert await c.get(tenant_call(GET, get, None, "dora")) is None
+    assert await c.get(tenant_call(GET, get, "globex", "gina")) == b"globex's docs"
+
+
 async def test_reads_do_not_invalidate() -> None:
     c = cache()
     await fill(c, get_call(principal="alice"), b"docs")

@@ -82,7 +82,11 @@ async def build_policies(
             subscriber_client = _subscriber_client(redis, cache_settings.redis_timeout)
             cleanups.append(subscriber_client.aclose)
         tiered, subscriber = build_cache(
-            cache_settings, client, subscriber_client, settings.nexus.descriptor_set
+            cache_settings,
+            client,
+            subscriber_client,
+            settings.nexus.descriptor_set,
+            default_tenant=settings.auth.default_tenant,
         )
         if subscriber is not None:
             subscriber.start()

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from datapunk.stream.v1 import status_pb2, status_pb2_grpc
-from datapunk_shared.rpc.server import ServiceSpec
+from datapunk_shared.invalidation import publish_writes
+from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
 __all__ = ["SPEC"]
+
+async def _setup(context: ServiceContext) -> None:
+    # The servicers registered here publish their writes' cache invalidations.
+    publish_writes(context, "stream")
+
 
 SPEC = ServiceSpec(
     name="stream",
     engines=("kafka", "mqtt", "redis"),
     status_pb2=status_pb2,
     status_pb2_grpc=status_pb2_grpc,
+    setup=_setup,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from datapunk_shared.auth.tenancy import DEFAULT_TENANT
 from datapunk_shared.config import CacheSettings
 from redis.asyncio import Redis
 
@@ -27,10 +28,14 @@ def build_cache(
     redis: Redis | None,
     subscriber_redis: Redis | None,
     descriptor_set: Path | None = None,
+    *,
+    default_tenant: str = DEFAULT_TENANT,
 ) -> tuple[TieredCache, InvalidationSubscriber | None]:
     """The cache for ``settings`` and, with the Redis backend, the (not yet started)
-    subscriber that keeps its local LRU in step with the other instances.
-    ``subscriber_redis`` must have no socket timeout: it waits for messages."""
+    subscriber that keeps its local LRU in step with the other instances (and with the
+    invalidations the services publish for their own writes).
+    ``subscriber_redis`` must have no socket timeout: it waits for messages.
+    ``default_tenant`` is the tenant of calls without one (``auth.default_tenant``)."""
     tags = ResourceTags(descriptor_set)
     lru = LocalLru(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
     shared = None
@@ -50,6 +55,7 @@ def build_cache(
         lru,
         shared=shared,
         max_entry_bytes=settings.max_entry_bytes,
+        default_tenant=default_tenant,
     )
     if shared is None or subscriber_redis is None:
         return cache, None

@@ -1,4 +1,7 @@
-"""The CacheService servicer: converts between protobuf and the cache's invalidation."""
+"""The CacheService servicer: converts between protobuf and the cache's invalidation.
+
+The tags a caller names are about its own tenant's objects (``<tenant>/<tag>`` in the
+cache): a tenant's administrator drops that tenant's cached answers, never another's."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from datapunk.nexus.v1 import cache_pb2, cache_pb2_grpc
+from datapunk_shared.auth.tenancy import current_tenant
+from datapunk_shared.resource_tags import scoped
 from datapunk_shared.rpc.server import ServiceContext
 
 from datapunk_nexus.cache.tiered import TieredCache
@@ -28,7 +33,8 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         self, request: cache_pb2.InvalidateCacheRequest, context: Any
     ) -> cache_pb2.InvalidateCacheResponse:
         tags = list(request.tags)
-        await self._invalidate(tags)
+        tenant = current_tenant()
+        await self._invalidate([scoped(tenant, tag) for tag in tags])
         return cache_pb2.InvalidateCacheResponse(tags=tags)
 
 

@@ -9,49 +9,28 @@ answer fetched while a write was being invalidated can never be served afterward
 are one round trip (MGET of the entry and its counters, plus its PTTL, pipelined).
 
 Invalidations are published on a channel too, in the same MULTI, for the local LRUs of
-every instance (see ``subscriber``). Message: JSON ``{"tags": ["lake/collections/docs"]}``.
+every instance (see ``subscriber``). Message: JSON ``{"tags": ["acme/lake/collections/docs"]}``
+(tags scoped by tenant). The services that own data publish the same for their own
+writes (``datapunk_shared.invalidation``, which holds ``publish_invalidation``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from datapunk_shared.invalidation import (
+    GENERATION_TTL_SECONDS,
+    node_key,
+    publish_invalidation,
+    tree_key,
+)
 from redis.asyncio import Redis
 
 from datapunk_nexus.cache.tags import ancestors
 
 __all__ = ["GENERATION_TTL_SECONDS", "SharedLayer", "publish_invalidation"]
-
-GENERATION_TTL_SECONDS = 3 * 3600
-"""Counters outlive every entry (TTLs are at most an hour): when one expires and restarts
-at zero, no entry stamped with its old value is still there."""
-
-
-def _node(prefix: str, tag: str) -> str:
-    return f"{prefix}g:n:{tag}"
-
-
-def _tree(prefix: str, tag: str) -> str:
-    return f"{prefix}g:t:{tag}"
-
-
-async def publish_invalidation(
-    redis: Redis, tags: Sequence[str], *, prefix: str, channel: str
-) -> None:
-    """Invalidate ``tags`` for every instance: bump their generations and publish them.
-    Any service that writes may call this (with the Nexus's cache prefix and channel)."""
-    pipe: Any = redis.pipeline(transaction=True)
-    for tag in tags:
-        pipe.incr(_tree(prefix, tag))
-        pipe.expire(_tree(prefix, tag), GENERATION_TTL_SECONDS)
-        for parent in ancestors(tag):
-            pipe.incr(_node(prefix, parent))
-            pipe.expire(_node(prefix, parent), GENERATION_TTL_SECONDS)
-    pipe.publish(channel, json.dumps({"tags": list(tags)}))
-    await pipe.execute()
 
 
 class SharedLayer:
@@ -63,7 +42,7 @@ class SharedLayer:
 
     def _generation_keys(self, tag: str) -> list[str]:
         p = self._prefix
-        return [_node(p, tag), *(_tree(p, t) for t in (*ancestors(tag), tag))]
+        return [node_key(p, tag), *(tree_key(p, t) for t in (*ancestors(tag), tag))]
 
     async def get(self, key: str, tag: str) -> tuple[bytes | None, bytes, float]:
         """The valid entry (or None), the stamp to store a fresh answer with, and the

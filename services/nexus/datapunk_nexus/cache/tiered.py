@@ -5,7 +5,13 @@ is a miss; the entry fetches the answer from the backend and ``put``s it. ``put`
 the answer with what the ``get`` before it saw (the Redis generation stamp and the local
 invalidation epoch), so an answer that raced with an invalidation is never stored as
 valid. Writes (every method not in ``read_methods``) invalidate their resource tag in
-every instance, through ``after_call``; ``invalidate`` serves the InvalidateCache RPC."""
+every instance, through ``after_call``; ``invalidate`` serves the InvalidateCache RPC.
+
+Entries are kept under tags scoped by the caller's tenant (``<tenant>/<tag>``, see
+``datapunk_shared.resource_tags``): tenants have their own objects under the same names,
+so one tenant's write drops that tenant's answers only. A call without a tenant (an
+anonymous call of a public method, or authentication off) is the default tenant's, as
+it is for the services."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from datapunk_shared.auth.tenancy import DEFAULT_TENANT
 from datapunk_shared.config import CacheRule
 from datapunk_shared.errors import Unavailable
 from datapunk_shared.logging import get_logger
@@ -29,7 +36,7 @@ from datapunk_nexus.cache.metrics import (
     CACHE_MISSES,
 )
 from datapunk_nexus.cache.shared_layer import SharedLayer
-from datapunk_nexus.cache.tags import ResourceTags, tag_matches
+from datapunk_nexus.cache.tags import ResourceTags, scoped, tag_matches
 from datapunk_nexus.limits.rules import matches_any
 from datapunk_nexus.policy import CallInfo
 
@@ -67,6 +74,7 @@ class TieredCache:
         shared: SharedLayer | None,
         max_entry_bytes: int,
         retry_interval: float = 1.0,
+        default_tenant: str = DEFAULT_TENANT,
     ) -> None:
         self._rules = tuple((tuple(rule.methods), rule.ttl) for rule in rules)
         self._read_globs = tuple(read_methods)
@@ -75,6 +83,7 @@ class TieredCache:
         self._shared = shared
         self._max_entry_bytes = max_entry_bytes
         self._retry_interval = retry_interval
+        self._default_tenant = default_tenant
         self._shared_down_until = 0.0
         self._ttl_by_method: dict[str, float | None] = {}
         self._is_read: dict[str, bool] = {}
@@ -104,7 +113,7 @@ class TieredCache:
                 return value
         stamp = tag = None
         if self._shared is not None and time.monotonic() >= self._shared_down_until:
-            tag = self._tags.tag(call.method, call.request)
+            tag = self._tag(call)
             epoch = self._epoch
             try:
                 value, stamp, ttl_left = await self._shared.get(key, tag)
@@ -132,7 +141,7 @@ class TieredCache:
             return
         tag = pending.tag
         if tag is None:
-            tag = self._tags.tag(call.method, call.request)
+            tag = self._tag(call)
         if self.local_usable and not self._invalidated_since(pending.epoch, tag):
             self._store_local(key, tag, response, ttl)
         if (
@@ -148,7 +157,7 @@ class TieredCache:
     async def after_call(self, call: CallInfo) -> None:
         if self._read(call.method):
             return
-        tag = self._tags.tag(call.method, call.request)
+        tag = self._tag(call)
         try:
             await self.invalidate([tag], source="write")
         except Unavailable as exc:
@@ -158,8 +167,9 @@ class TieredCache:
     # -- invalidation -------------------------------------------------------------------
 
     async def invalidate(self, tags: Sequence[str], *, source: str = "rpc") -> None:
-        """Drop the entries about ``tags`` here and (through Redis) in every instance;
-        raises Unavailable when Redis cannot take the invalidation."""
+        """Drop the entries about ``tags`` (scoped tags, ``<tenant>/<tag>``) here and
+        (through Redis) in every instance; raises Unavailable when Redis cannot take the
+        invalidation."""
         self.drop_local(tags)
         CACHE_INVALIDATIONS.labels(source).inc(len(tags))
         if self._shared is not None:
@@ -193,6 +203,11 @@ class TieredCache:
         self._update_gauges()
 
     # -- internals ----------------------------------------------------------------------
+
+    def _tag(self, call: CallInfo) -> str:
+        """The call's resource tag, scoped by its tenant."""
+        tenant = call.tenant or self._default_tenant
+        return scoped(tenant, self._tags.tag(call.method, call.request))
 
     def _ttl(self, method: str) -> float | None:
         try:
