@@ -38,6 +38,7 @@ __all__ = [
     "CacheSettings",
     "ConcurrencyRule",
     "EngineSettings",
+    "EnvoyServicesSettings",
     "GrpcEntrySettings",
     "JwksCacheSettings",
     "KafkaSettings",
@@ -649,6 +650,43 @@ class AuthSettings(_Strict):
         return f"{self.audience_prefix}{service}"
 
 
+ClientIdentity = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\s,]+$")]
+"""A client certificate's identity: a URI subject alternative name
+(``spiffe://datapunk/envoy``) or a DNS one (``envoy.internal``), matched exactly."""
+
+
+class EnvoyServicesSettings(_Strict):
+    """Nexus's mutual-TLS listener for Envoy (``datapunk_nexus.envoy_listener``): Envoy's
+    ext_authz ``Check`` and rate-limit ``ShouldRateLimit``, plus health, on their own
+    port. Envoy proves who it is with a client certificate issued by ``client_ca`` whose
+    identity is in ``allowed_clients``; nothing else is served there. Off unless enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 50054
+    tls_cert: Path | None = None
+    """Nexus's server certificate chain (PEM file), leaf first; Envoy checks it against
+    its CA and the name it expects (``envoy/generate.py --authz-server-name``)."""
+    tls_key_secret: SecretName = "nexus/envoy-services-tls-key"
+    """The secret, from the secret provider, holding ``tls_cert``'s private key in PEM
+    (never a file named here, never inline)."""
+    client_ca: Path | None = None
+    """The CA certificates (PEM file) that issue the clients' certificates; a client
+    without a certificate chaining to one of them fails the TLS handshake."""
+    allowed_clients: Annotated[list[ClientIdentity], Field(min_length=1)] = [
+        "spiffe://datapunk/envoy"
+    ]
+    """Identities a client certificate must carry one of (a URI or DNS subject
+    alternative name, exact match); a certificate from ``client_ca`` naming none of
+    them is refused with PERMISSION_DENIED."""
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> EnvoyServicesSettings:
+        if self.enabled and (self.tls_cert is None or self.client_ca is None):
+            raise ValueError("envoy_services needs tls_cert and client_ca when enabled")
+        return self
+
+
 class NexusSettings(ServiceSettings):
     port: Port = 50053
     metrics_port: Port = 9153
@@ -664,6 +702,7 @@ class NexusSettings(ServiceSettings):
     cache: CacheSettings = CacheSettings()
     rest: RestEdgeSettings = RestEdgeSettings()
     auth: NexusAuthSettings = NexusAuthSettings()
+    envoy_services: EnvoyServicesSettings = EnvoyServicesSettings()
 
 
 class PostgresSettings(_Strict):
