@@ -10,8 +10,9 @@ from datapunk_nexus.backends import Backends, backend_addresses
 from datapunk_nexus.cache.servicer import add_cache_service
 from datapunk_nexus.edge import start_rest_edge
 from datapunk_nexus.entry import add_grpc_entry
-from datapunk_nexus.envoy_services.authz import add_authorization_service
-from datapunk_nexus.envoy_services.ratelimit import add_rate_limit_service
+from datapunk_nexus.envoy_listener import start_envoy_listener
+from datapunk_nexus.envoy_services.authz import AuthorizationService, add_authorization_service
+from datapunk_nexus.envoy_services.ratelimit import RateLimitService, add_rate_limit_service
 from datapunk_nexus.identity.oauth import oauth_http_routes
 from datapunk_nexus.identity.setup import build_access_control
 from datapunk_nexus.policy_factory import build_policies
@@ -43,6 +44,15 @@ async def _setup(context: ServiceContext) -> None:
     add_cache_service(context, cache)
     add_rate_limit_service(context, gate)
     add_authorization_service(context, access.guard)
+    # Envoy itself calls the same two services on their own mutual-TLS port (when
+    # configured): it holds a client certificate, not a service token.
+    await start_envoy_listener(
+        context,
+        settings.nexus.envoy_services,
+        secrets,
+        authorization=AuthorizationService(access.guard),
+        rate_limit=RateLimitService(gate),
+    )
     await add_grpc_entry(context, gate=gate, cache=cache, backends=backends, guard=access.guard)
     edge = await start_rest_edge(
         context, gate=gate, cache=cache, backends=backends, guard=access.guard
