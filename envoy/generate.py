@@ -53,11 +53,14 @@ INBOUND_BASE, OUTBOUND_BASE, ADMIN_BASE = 15000, 16000, 19000
 
 # gRPC services that are not Datapunk contracts but still cross Envoy.
 HEALTH_SERVICE = "grpc.health.v1.Health"
-# Nexus implements Envoy's external-authorization and rate-limit APIs.
+# Nexus implements Envoy's external-authorization and rate-limit APIs, on its own
+# mutual-TLS port (nexus.envoy_services): Envoy proves itself with a client certificate.
 NEXUS_ENVOY_SERVICES = (
     "envoy.service.auth.v3.Authorization",
     "envoy.service.ratelimit.v3.RateLimitService",
 )
+AUTHZ_CLUSTER = "nexus_authz"
+AUTHZ_PORT = 50054  # nexus.envoy_services.port's default (tests/unit/test_envoy_config.py)
 
 DEFAULT_CORS_ORIGINS = ("http://localhost:8080", "http://127.0.0.1:8080")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the services' default max_message_bytes
@@ -91,6 +94,12 @@ class Options:
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
     hosts: dict[str, str] = field(default_factory=dict)  # owner -> host for upstream clusters
     edge_via_sidecars: bool = False  # the edge calls the sidecars' inbound ports, not the apps
+    # Envoy's side of the mutual TLS with Nexus's envoy_services listener; paths as Envoy
+    # sees them (one machine: the files `envoy/README.md` says how to issue, under .datapunk).
+    authz_client_cert: str = ".datapunk/envoy-tls/envoy.crt"
+    authz_client_key: str = ".datapunk/envoy-tls/envoy.key"
+    authz_ca: str = ".datapunk/envoy-tls/ca.crt"
+    authz_server_name: str = "localhost"  # SNI and the DNS name Nexus's certificate must carry
 
 
 def load_services(descriptor_set: Path = DESCRIPTOR_SET) -> list[Service]:
@@ -118,6 +127,14 @@ def load_addresses(config_file: Path = CONFIG_FILE) -> dict[str, tuple[str, int]
         owner: (str(config[owner]["host"]), int(config[owner]["port"]))
         for owner in ("lake", "stream", "nexus")
     }
+
+
+def load_authz_address(config_file: Path = CONFIG_FILE) -> tuple[str, int]:
+    """host and port of Nexus's mutual-TLS listener for Envoy (``[nexus.envoy_services]``,
+    else Nexus's host and the setting's default port)."""
+    nexus = tomllib.loads(config_file.read_text())["nexus"]
+    section = nexus.get("envoy_services", {})
+    return str(section.get("host", nexus["host"])), int(section.get("port", AUTHZ_PORT))
 
 
 # --- small builders -----------------------------------------------------------------------
@@ -300,7 +317,7 @@ def ext_authz_filter() -> Json:
         "name": "envoy.filters.http.ext_authz",
         "typed_config": typed(
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            grpc_service=grpc_service("nexus", "0.5s"),
+            grpc_service=grpc_service(AUTHZ_CLUSTER, "0.5s"),
             transport_api_version="V3",
             failure_mode_allow=False,
             status_on_error={"code": "ServiceUnavailable"},
@@ -414,7 +431,45 @@ def edge_rate_limits() -> list[Json]:
     ]
 
 
-def edge(services: Sequence[Service], addresses: dict[str, tuple[str, int]], opt: Options) -> Json:
+def authz_cluster(address: tuple[str, int], opt: Options) -> Json:
+    """Nexus's ``envoy_services`` listener, over mutual TLS: Envoy presents its client
+    certificate (Nexus allows only the identities it lists) and accepts only a server
+    certificate from ``authz_ca`` naming ``authz_server_name``. Always direct, never
+    through Nexus's sidecar, whose TLS would stand between the two certificates."""
+    config = cluster(AUTHZ_CLUSTER, opt.hosts.get("nexus", address[0]), address[1],
+                     NEXUS_ENVOY_SERVICES[0])  # fmt: skip
+    config["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": typed(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            sni=opt.authz_server_name,
+            common_tls_context={
+                "alpn_protocols": ["h2"],
+                "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": opt.authz_client_cert},
+                        "private_key": {"filename": opt.authz_client_key},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": opt.authz_ca},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": opt.authz_server_name}}
+                    ],
+                },
+            },
+        ),
+    }
+    return config
+
+
+def edge(
+    services: Sequence[Service],
+    addresses: dict[str, tuple[str, int]],
+    opt: Options,
+    authz_address: tuple[str, int] = ("127.0.0.1", AUTHZ_PORT),
+) -> Json:
     owners = sorted(addresses)
     tls = opt.tls_cert is not None and opt.tls_key is not None
     security_headers = [
@@ -490,7 +545,7 @@ def edge(services: Sequence[Service], addresses: dict[str, tuple[str, int]], opt
         rate_limited_as_resource_exhausted=True,
         enable_x_ratelimit_headers="DRAFT_VERSION_03",
         rate_limit_service={
-            "grpc_service": {"envoy_grpc": {"cluster_name": "nexus"}},
+            "grpc_service": {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}},
             "transport_api_version": "V3",
         },
     )
@@ -552,6 +607,7 @@ def edge(services: Sequence[Service], addresses: dict[str, tuple[str, int]], opt
         )
         for owner in owners
     ]
+    clusters.append(authz_cluster(authz_address, opt))
     return {
         "node": {"id": "datapunk-edge", "cluster": "datapunk-edge"},
         "admin": {"address": socket("127.0.0.1", EDGE_ADMIN_PORT)},
@@ -599,16 +655,9 @@ def sidecar(
         "match": {"prefix": f"/{HEALTH_SERVICE}/", "grpc": {}},
         "route": {"cluster": local, "timeout": "5s"},
     }
+    # Envoy's Check and ShouldRateLimit do not pass here: the edge calls Nexus's mutual-TLS
+    # listener directly (authz_cluster).
     inbound_routes = [health_route]
-    if owner == "nexus":
-        inbound_routes += [
-            {
-                "name": name,
-                "match": {"prefix": f"/{name}/", "grpc": {}},
-                "route": {"cluster": local, "timeout": "5s"},
-            }
-            for name in NEXUS_ENVOY_SERVICES
-        ]
     inbound_routes += grpc_routes(own, {owner: local}, retry_policy=LOCAL_RETRY_POLICY)
     inbound_routes.append(not_found_route(authz=False))
     inbound = http_listener(
@@ -672,7 +721,7 @@ def render(
     unknown = sorted({s.owner for s in services} - set(addresses))
     if unknown:
         raise SystemExit(f"services of unknown owners {unknown}: no such section in {config_file}")
-    files = {"edge.yaml": dump(edge(services, addresses, opt))}
+    files = {"edge.yaml": dump(edge(services, addresses, opt, load_authz_address(config_file)))}
     for owner in sorted(addresses):
         files[f"sidecar-{owner}.yaml"] = dump(sidecar(owner, services, addresses, opt))
     return files
@@ -692,6 +741,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tls-cert", help="serve the edge over TLS with this certificate chain")
     parser.add_argument("--tls-key", help="... and this private key")
     parser.add_argument("--cors-origin", action="append", help="allowed origin (repeatable)")
+    parser.add_argument(
+        "--authz-client-cert",
+        default=Options.authz_client_cert,
+        help="Envoy's client certificate chain towards Nexus's ext_authz/rate-limit listener",
+    )
+    parser.add_argument("--authz-client-key", default=Options.authz_client_key, help="... its key")
+    parser.add_argument(
+        "--authz-ca", default=Options.authz_ca, help="the CA that issued Nexus's certificate"
+    )
+    parser.add_argument(
+        "--authz-server-name",
+        default=Options.authz_server_name,
+        help="SNI and the DNS name Nexus's server certificate must carry",
+    )
     parser.add_argument(
         "--host", action="append", default=[], metavar="OWNER=HOST", help="upstream host"
     )
@@ -717,6 +780,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         cors_origins=tuple(args.cors_origin) if args.cors_origin else DEFAULT_CORS_ORIGINS,
         hosts=hosts,
         edge_via_sidecars=args.edge_via_sidecars,
+        authz_client_cert=args.authz_client_cert,
+        authz_client_key=args.authz_client_key,
+        authz_ca=args.authz_ca,
+        authz_server_name=args.authz_server_name,
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in render(opt, args.descriptor_set, args.config).items():

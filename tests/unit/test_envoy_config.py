@@ -25,6 +25,7 @@ import pytest
 # Every message a typed_config names must be in the default pool, or ParseDict fails on it.
 # (xds-protos' own top-level package is named ``envoy``; the repository's envoy/ folder is
 # not a package, so it does not shadow these.)
+from datapunk_shared.config import EnvoyServicesSettings
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
@@ -266,6 +267,11 @@ def test_deployment_variant_with_tls_parses_strictly(tmp_path: Path) -> None:
         "--host", "lake=lake.internal",
         "--descriptor-path", "/etc/envoy/datapunk.binpb",
         "--edge-via-sidecars",
+        "--host", "nexus=nexus.internal",
+        "--authz-client-cert", "/etc/envoy/nexus-client.crt",
+        "--authz-client-key", "/etc/envoy/nexus-client.key",
+        "--authz-ca", "/etc/envoy/datapunk-ca.crt",
+        "--authz-server-name", "nexus.internal",
     )  # fmt: skip
     for text in files.values():
         parse_strictly(load(text))
@@ -278,6 +284,21 @@ def test_deployment_variant_with_tls_parses_strictly(tmp_path: Path) -> None:
     endpoint = lake.load_assignment.endpoints[0].lb_endpoints[0].endpoint
     assert endpoint.address.socket_address.address == "lake.internal"
     assert endpoint.address.socket_address.port_value == 15051  # lake's sidecar, inbound
+    # The authorizer is called directly (never via a sidecar), with the deployment's files.
+    authz = next(c for c in edge.static_resources.clusters if c.name == "nexus_authz")
+    endpoint = authz.load_assignment.endpoints[0].lb_endpoints[0].endpoint
+    assert (endpoint.address.socket_address.address, endpoint.address.socket_address.port_value) \
+        == ("nexus.internal", 50054)  # fmt: skip
+    upstream = tls_pb2.UpstreamTlsContext()
+    assert authz.transport_socket.typed_config.Unpack(upstream)
+    assert upstream.sni == "nexus.internal"
+    context = upstream.common_tls_context
+    assert context.tls_certificates[0].certificate_chain.filename == "/etc/envoy/nexus-client.crt"
+    assert context.tls_certificates[0].private_key.filename == "/etc/envoy/nexus-client.key"
+    assert context.validation_context.trusted_ca.filename == "/etc/envoy/datapunk-ca.crt"
+    assert context.validation_context.match_typed_subject_alt_names[0].matcher.exact == (
+        "nexus.internal"
+    )
 
 
 # --- the strictness itself ------------------------------------------------------------------
@@ -449,13 +470,15 @@ def test_edge_filter_chain_order_and_nexus_callouts() -> None:
     assert names == ["health_check", "cors", "grpc_json_transcoder", "ext_authz", "ratelimit",
                      "router"]  # fmt: skip
     authz = _edge_filter(config, "envoy.filters.http.ext_authz")
-    assert authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "nexus"
+    assert authz["grpc_service"]["envoy_grpc"]["cluster_name"] == "nexus_authz"
     assert authz["failure_mode_allow"] is False
     assert authz["transport_api_version"] == "V3"
     assert authz["grpc_service"]["timeout"] == "0.5s"
     limit = _edge_filter(config, "envoy.filters.http.ratelimit")
     assert limit["domain"] == "datapunk"
-    assert limit["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "nexus"
+    assert limit["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"] == (
+        "nexus_authz"
+    )
     assert limit["rate_limit_service"]["transport_api_version"] == "V3"
     for route in routes_of(config["static_resources"]["listeners"][0])[:-1]:
         assert route["route"]["rate_limits"], route["name"]
@@ -491,7 +514,41 @@ def test_health_checks_ask_for_each_owners_status_service() -> None:
     config = committed("edge.yaml")
     for cluster in config["static_resources"]["clusters"]:
         service_name = cluster["health_checks"][0]["grpc_health_check"]["service_name"]
-        assert service_name == f"datapunk.{cluster['name']}.v1.StatusService"
+        if cluster["name"] == "nexus_authz":  # its own listener sets this one
+            assert service_name == "envoy.service.auth.v3.Authorization"
+        else:
+            assert service_name == f"datapunk.{cluster['name']}.v1.StatusService"
+
+
+def test_envoy_calls_nexus_authorizer_over_mutual_tls() -> None:
+    bootstrap = parse_strictly(committed("edge.yaml"))
+    authz = next(c for c in bootstrap.static_resources.clusters if c.name == "nexus_authz")
+    address = authz.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    # The listener nexus.envoy_services configures, at its default port.
+    settings = EnvoyServicesSettings()
+    assert (address.socket_address.address, address.socket_address.port_value) == (
+        settings.host,
+        settings.port,
+    )
+    assert authz.transport_socket.name == "envoy.transport_sockets.tls"
+    upstream = tls_pb2.UpstreamTlsContext()
+    assert authz.transport_socket.typed_config.Unpack(upstream)
+    context = upstream.common_tls_context
+    assert upstream.sni == "localhost"
+    assert list(context.alpn_protocols) == ["h2"]
+    # Envoy presents its certificate and trusts only the CA's, for Nexus's name.
+    assert context.tls_certificates[0].certificate_chain.filename == (
+        ".datapunk/envoy-tls/envoy.crt"
+    )
+    assert context.tls_certificates[0].private_key.filename == ".datapunk/envoy-tls/envoy.key"
+    assert context.validation_context.trusted_ca.filename == ".datapunk/envoy-tls/ca.crt"
+    matcher = context.validation_context.match_typed_subject_alt_names[0]
+    assert (matcher.san_type, matcher.matcher.exact) == (matcher.DNS, "localhost")
+    # Only the edge calls it; the other clusters stay plaintext inside the machine.
+    with_tls = [
+        c.name for c in bootstrap.static_resources.clusters if c.HasField("transport_socket")
+    ]
+    assert with_tls == ["nexus_authz"]
 
 
 @pytest.mark.parametrize("owner", OWNERS)
@@ -503,9 +560,7 @@ def test_sidecar_routes_inbound_to_its_service_and_outbound_to_the_others(owner:
     own = {name: f"local_{owner}" for name, o in services.items() if o == owner}
     inbound = prefix_routes(listeners["inbound"])
     assert inbound.pop("grpc.health.v1.Health") == f"local_{owner}"
-    if owner == "nexus":  # Nexus answers Envoy's ext_authz and rate-limit calls
-        assert inbound.pop("envoy.service.auth.v3.Authorization") == "local_nexus"
-        assert inbound.pop("envoy.service.ratelimit.v3.RateLimitService") == "local_nexus"
+    # Envoy's Check and ShouldRateLimit go straight to Nexus's mutual-TLS listener.
     assert inbound == own
     others = {name: o for name, o in services.items() if o != owner}
     assert prefix_routes(listeners["outbound"]) == others
