@@ -11,15 +11,18 @@ call them.
 - No client certificate, or one from another CA, fails the TLS handshake; plaintext
   fails too. A certificate from the right CA with an identity not allowed is refused
   with PERMISSION_DENIED (``CLIENT_NOT_ALLOWED``). Nothing else (a Nexus API) is served.
-- The service port still serves Check to a Nexus service token (internal callers)."""
+- The service port still serves Check to a Nexus service token (internal callers).
+- ``envoy/issue-dev-certs.sh`` (what envoy/README.md tells) issues certificates that work."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.auth_support import authed_channel, issuer
 from tests.support import (
+    ROOT,
     RunningService,
     engines_env,
     free_port,
@@ -376,3 +380,34 @@ def test_no_key_or_certificate_shows_up_in_the_log(world: World) -> None:
     for secret in (issuer().admin_key, world.envoy.key.decode(), world.ca.key.decode()):
         assert secret.strip() not in log
     assert "BEGIN" not in log  # no PEM of any kind
+
+
+def test_the_development_certificates_script_issues_working_certificates(
+    tmp_path: Path,
+) -> None:
+    """envoy/issue-dev-certs.sh, as envoy/README.md tells: its Nexus certificate and key
+    serve the listener, its Envoy certificate is allowed by the default settings."""
+    out = tmp_path / "envoy-tls"
+    subprocess.run([str(ROOT / "envoy" / "issue-dev-certs.sh"), str(out)], check=True, cwd=ROOT)
+    assert oct((out / "envoy.key").stat().st_mode & 0o777) == oct(0o600)
+    port = free_port()
+    env = {
+        **engines_env(load_settings()),
+        "DATAPUNK_NEXUS__ENVOY_SERVICES__ENABLED": "true",
+        "DATAPUNK_NEXUS__ENVOY_SERVICES__PORT": str(port),
+        "DATAPUNK_NEXUS__ENVOY_SERVICES__TLS_CERT": str(out / "nexus.crt"),
+        "DATAPUNK_NEXUS__ENVOY_SERVICES__CLIENT_CA": str(out / "ca.crt"),
+        "DATAPUNK_SECRET_NEXUS__ENVOY_SERVICES_TLS_KEY": (out / "nexus.key").read_text(),
+    }
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(out / "ca.crt").read_bytes(),
+        private_key=(out / "envoy.key").read_bytes(),
+        certificate_chain=(out / "envoy.crt").read_bytes(),
+    )
+    with (
+        run_service("nexus", tmp_path, env),
+        grpc.secure_channel(f"localhost:{port}", credentials) as channel,
+    ):
+        limit = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit
+        answer = limit(rate_request("198.51.100.50"), timeout=10)
+    assert answer.overall_code == rls_pb2.RateLimitResponse.Code.OK
