@@ -58,6 +58,7 @@ from datapunk_nexus.identity.enforce import (
     credentials_of,
 )
 from datapunk_nexus.policy import (
+    CallInfo,
     NoCache,
     OpenGate,
     RequestGate,
@@ -81,6 +82,19 @@ SSE = "text/event-stream"
 
 PlainHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 """A handler of a plain HTTP route (``RestEdge.add_plain_routes``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """A plain route's handler and how the gate sees its requests."""
+
+    handler: PlainHandler
+    gated_as: str | None = None
+    """The gRPC method whose rate limits and concurrency bounds its requests meet (as
+    anonymous calls from the client's address); None: not gated."""
+    refused_status: int | None = None
+    """The status of an answer that refused the client's credentials: such a refusal
+    counts once more against the limits, as a failed API key does."""
 
 
 class _MethodNotAllowed(DatapunkError):
@@ -189,16 +203,20 @@ class RestEdge:
         )
         self._openapi_body = json.dumps(self.openapi, separators=(",", ":")).encode()
         self._docs_body = render_docs(self.openapi).encode()
-        self._plain: dict[str, dict[str, PlainHandler]] = {}
+        self._plain: dict[str, dict[str, _Plain]] = {}
         self._runner: web.ServerRunner | None = None
         self.port = 0
 
-    def add_plain_routes(self, routes: Iterable[tuple[str, str, PlainHandler]]) -> None:
+    def add_plain_routes(self, routes: Iterable[tuple[Any, ...]]) -> None:
         """Serve ``(HTTP method, exact path, handler)`` as plain HTTP, without transcoding
-        or the gate (the OAuth endpoints, which speak forms rather than the contracts).
-        They still get the edge's IP filter, CORS, security headers and request id."""
-        for method, path, handler in routes:
-            self._plain.setdefault(path, {})[method.upper()] = handler
+        (the OAuth endpoints, which speak forms rather than the contracts). They get the
+        edge's IP filter, CORS, security headers and request id. A route may go on with
+        ``gated_as`` (a gRPC method name) and ``refused_status`` (see ``_Plain``): its
+        requests then pass the rate limits and concurrency bounds of that method, and
+        an answer with that status (a refused client credential) counts against them
+        once more, so guessing client secrets meets the limits keyed by client IP."""
+        for method, path, handler, *gate in routes:
+            self._plain.setdefault(path, {})[method.upper()] = _Plain(handler, *gate)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -351,11 +369,11 @@ class RestEdge:
         return await self._unary(exchange, route, values)
 
     async def _plain_route(
-        self, exchange: _Exchange, handlers: Mapping[str, PlainHandler]
+        self, exchange: _Exchange, handlers: Mapping[str, _Plain]
     ) -> web.StreamResponse:
         method = exchange.request.method
-        handler = handlers.get(method)
-        if handler is None:
+        plain = handlers.get(method)
+        if plain is None:
             allow = ", ".join(sorted(handlers))
             raise _Refused(
                 _MethodNotAllowed(
@@ -364,7 +382,18 @@ class RestEdge:
                 405,
                 {"Allow": allow},
             )
-        response = await handler(exchange.request)
+        if plain.gated_as is None:
+            response = await plain.handler(exchange.request)
+        else:
+            exchange.grpc_method = plain.gated_as
+            call = CallInfo(plain.gated_as, exchange.client_ip)
+            async with self.gate.admit(call) as gate_headers:
+                exchange.headers.update(gate_headers)
+                response = await plain.handler(exchange.request)
+            if response.status == plain.refused_status:
+                # Over the limits this becomes 429 (ResourceExhausted), like a wrong API
+                # key: a guesser learns nothing more from the answer.
+                await self.gate.check_rate(call)
         for name, value in exchange.headers.items():
             response.headers.setdefault(name, value)
         return response

@@ -7,6 +7,11 @@ routes (``RestEdge.add_plain_routes``):
 - ``POST /oauth/revoke``: revocation (RFC 7009);
 - ``POST /oauth/introspect``: introspection (RFC 7662).
 
+The three POST endpoints pass the edge's rate limits and concurrency bounds as calls of
+their gRPC twins (``AuthService.IssueToken``, ``RevokeToken``, ``IntrospectToken``) from
+the client's address, and each refused client authentication (401) counts once more, as
+a wrong API key does: guessing client secrets meets the limits keyed by client IP (429).
+
 The three POST endpoints take ``application/x-www-form-urlencoded`` bodies and
 authenticate the client with ``client_secret_basic`` (HTTP Basic) or ``client_secret_post``
 (form fields), never both. Errors are RFC 6749 JSON bodies (``{"error": ...}``), client
@@ -21,7 +26,7 @@ import binascii
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote_plus
 
 from aiohttp import web
@@ -34,11 +39,24 @@ from datapunk_nexus.identity.oauth.server import (
     TokenRequest,
     invalid_client,
 )
-from datapunk_nexus.identity.oauth.trail import INTROSPECT_METHOD, REVOKE_METHOD
+from datapunk_nexus.identity.oauth.trail import INTROSPECT_METHOD, ISSUE_METHOD, REVOKE_METHOD
 
-__all__ = ["PlainHandler", "introspection_document", "oauth_http_routes"]
+__all__ = ["PlainHandler", "PlainRoute", "introspection_document", "oauth_http_routes"]
 
 PlainHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class PlainRoute(NamedTuple):
+    """A route for ``RestEdge.add_plain_routes``."""
+
+    http_method: str
+    path: str
+    handler: PlainHandler
+    gated_as: str | None = None
+    """The gRPC method whose rate limits its requests meet; None: not gated."""
+    refused_status: int | None = None
+    """The status of an answer refusing the client's credentials (counted once more)."""
+
 
 MAX_FORM_BYTES = 64 * 1024
 """Token, revocation and introspection requests are small; more is refused (413)."""
@@ -269,14 +287,16 @@ class _Endpoints:
         return _json(introspection_document(result))
 
 
-def oauth_http_routes(server: AuthorizationServer) -> list[tuple[str, str, PlainHandler]]:
-    """The OAuth endpoints as ``(HTTP method, exact path, handler)`` for
-    ``RestEdge.add_plain_routes``."""
+def oauth_http_routes(server: AuthorizationServer) -> list[PlainRoute]:
+    """The OAuth endpoints for ``RestEdge.add_plain_routes``. The metadata and the keys
+    are public documents served from memory; the endpoints that check a client secret
+    are gated (a 401 is a refused client)."""
     endpoints = _Endpoints(server)
+    refused = 401
     return [
-        ("GET", "/.well-known/oauth-authorization-server", endpoints.metadata),
-        ("GET", "/.well-known/jwks.json", endpoints.jwks),
-        ("POST", "/oauth/token", endpoints.token),
-        ("POST", "/oauth/revoke", endpoints.revoke),
-        ("POST", "/oauth/introspect", endpoints.introspect),
+        PlainRoute("GET", "/.well-known/oauth-authorization-server", endpoints.metadata),
+        PlainRoute("GET", "/.well-known/jwks.json", endpoints.jwks),
+        PlainRoute("POST", "/oauth/token", endpoints.token, ISSUE_METHOD, refused),
+        PlainRoute("POST", "/oauth/revoke", endpoints.revoke, REVOKE_METHOD, refused),
+        PlainRoute("POST", "/oauth/introspect", endpoints.introspect, INTROSPECT_METHOD, refused),
     ]
