@@ -186,6 +186,38 @@ async def test_a_write_straight_to_the_lake_refreshes_both_nexus_instances(
     await fresh_everywhere(setup, collection, [1, 2, 3])
 
 
+async def test_a_bulk_import_straight_to_the_lake_refreshes_at_each_acknowledged_batch(
+    setup: Setup,
+) -> None:
+    collection = f"inv-{uuid.uuid4().hex[:10]}"
+    lake = setup.lake.address
+    await create_in_lake(lake, "default", collection)
+    for entry in setup.entries:
+        assert await ids_through(entry, collection) == []  # cached, empty
+
+    async with authed_channel(lake, on_behalf=tenant_caller("default", "admin")) as channel:
+        stream = vec_grpc.VectorServiceStub(channel).ImportPoints(timeout=30)
+        await stream.write(
+            vec.ImportPointsRequest(
+                collection=f"collections/{collection}", sequence=0, points=[point(1)]
+            )
+        )
+        acknowledged = await stream.read()
+        assert isinstance(acknowledged, vec.ImportPointsResponse)
+        assert acknowledged.sequence == 0
+        # The stream is still open: its first batch is already visible through Nexus.
+        await fresh_everywhere(setup, collection, [1])
+        await stream.write(
+            vec.ImportPointsRequest(
+                collection=f"collections/{collection}", sequence=1, points=[point(2)]
+            )
+        )
+        await stream.done_writing()
+        async for _ in stream:
+            pass
+    await fresh_everywhere(setup, collection, [1, 2])
+
+
 async def test_another_tenants_write_drops_nothing_of_this_tenant(setup: Setup) -> None:
     collection = f"inv-{uuid.uuid4().hex[:10]}"
     lake = setup.lake.address
