@@ -33,9 +33,10 @@ class CacheServiceStub:
     REST path without the version and the custom verb, such as `lake/collections/docs` for
     `GET /v1/lake/collections/docs`, `lake/layers/roads/features/7` for a feature, or
     `lake/collections` for the list of collections. Tags form a tree by their `/`
-    segments. Writes that pass through the Nexus invalidate their resource's tag on their
-    own; this service is for writes that do not (made directly to a service, or outside
-    Datapunk).
+    segments. Each tenant's answers are kept apart: a tag is always about the objects of one
+    tenant. Writes that pass through the Nexus invalidate their resource's tag on their own,
+    and the services publish the invalidations of the writes made to them directly; this
+    service is for writes made outside Datapunk.
     """
 
     def __init__(self, channel):
@@ -59,16 +60,18 @@ class CacheServiceServicer:
     REST path without the version and the custom verb, such as `lake/collections/docs` for
     `GET /v1/lake/collections/docs`, `lake/layers/roads/features/7` for a feature, or
     `lake/collections` for the list of collections. Tags form a tree by their `/`
-    segments. Writes that pass through the Nexus invalidate their resource's tag on their
-    own; this service is for writes that do not (made directly to a service, or outside
-    Datapunk).
+    segments. Each tenant's answers are kept apart: a tag is always about the objects of one
+    tenant. Writes that pass through the Nexus invalidate their resource's tag on their own,
+    and the services publish the invalidations of the writes made to them directly; this
+    service is for writes made outside Datapunk.
     """
 
     def InvalidateCache(self, request, context):
         """InvalidateCache drops, in every Nexus instance, the cached answers about the given
-        resource tags: the answers tagged with a tag itself, with a tag below it (everything
-        about that resource) and with a tag above it (the lists and parents that may
-        summarize it). Answers about other resources stay. It fails with UNAVAILABLE
+        resource tags of the caller's tenant: the answers tagged with a tag itself, with a tag
+        below it (everything about that resource) and with a tag above it (the lists and
+        parents that may summarize it). Answers about other resources, and other tenants'
+        answers, stay. It fails with UNAVAILABLE
         (reason CACHE_UNAVAILABLE) when the invalidation cannot be shared through Redis;
         nothing is then promised beyond this instance, so retry.
         """
@@ -100,9 +103,10 @@ class CacheService:
     REST path without the version and the custom verb, such as `lake/collections/docs` for
     `GET /v1/lake/collections/docs`, `lake/layers/roads/features/7` for a feature, or
     `lake/collections` for the list of collections. Tags form a tree by their `/`
-    segments. Writes that pass through the Nexus invalidate their resource's tag on their
-    own; this service is for writes that do not (made directly to a service, or outside
-    Datapunk).
+    segments. Each tenant's answers are kept apart: a tag is always about the objects of one
+    tenant. Writes that pass through the Nexus invalidate their resource's tag on their own,
+    and the services publish the invalidations of the writes made to them directly; this
+    service is for writes made outside Datapunk.
     """
 
     @staticmethod
