@@ -1,0 +1,168 @@
+"""Nexus's mutual-TLS listener for Envoy: its settings, what stops it from starting (each
+with a message naming the setting and never showing the key), and the identities read
+from a certificate. The calls themselves are in tests/integration/test_envoy_mtls.py."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from datapunk_nexus.envoy_listener import certificate_identities, start_envoy_listener
+from datapunk_nexus.envoy_services.authz import AuthorizationService
+from datapunk_nexus.envoy_services.ratelimit import RateLimitService
+from datapunk_nexus.limits import build_gate
+from datapunk_shared.config import EnvoyServicesSettings, RateLimitSettings, Settings
+from datapunk_shared.errors import ConfigError, NotFound
+from datapunk_shared.rpc.server import PortInUse, ServiceContext
+from datapunk_shared.secrets import EnvSecretProvider
+from pydantic import ValidationError
+
+from tests.tls_support import CertificateAuthority, Pem, issue, make_ca
+
+KEY_ENV = "DATAPUNK_SECRET_NEXUS__ENVOY_SERVICES_TLS_KEY"
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return make_ca("unit test CA")
+
+
+@pytest.fixture(scope="module")
+def server(ca: CertificateAuthority) -> Pem:
+    return issue(ca, "nexus", [x509.DNSName("localhost")], ExtendedKeyUsageOID.SERVER_AUTH)
+
+
+@pytest.fixture
+def files(tmp_path: Path, ca: CertificateAuthority, server: Pem) -> Path:
+    (tmp_path / "nexus.crt").write_bytes(server.cert)
+    (tmp_path / "ca.crt").write_bytes(ca[0].cert)
+    return tmp_path
+
+
+@pytest.fixture
+async def context() -> AsyncIterator[ServiceContext]:
+    settings = Settings()
+    ctx = ServiceContext(
+        settings=settings, service_settings=settings.nexus, server=grpc.aio.server()
+    )
+    yield ctx
+    for cleanup in reversed(ctx.cleanups):
+        await cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def enabled(files: Path, port: int = 0) -> EnvoyServicesSettings:
+    return EnvoyServicesSettings(
+        enabled=True,
+        port=port or free_port(),
+        tls_cert=files / "nexus.crt",
+        client_ca=files / "ca.crt",
+    )
+
+
+async def start(context: ServiceContext, settings: EnvoyServicesSettings) -> int | None:
+    gate = build_gate(RateLimitSettings(backend="memory"), None)
+    return await start_envoy_listener(
+        context,
+        settings,
+        EnvSecretProvider(),
+        authorization=AuthorizationService(None),  # type: ignore[arg-type]  # never called
+        rate_limit=RateLimitService(gate),
+    )
+
+
+def test_the_listener_is_off_by_default_and_needs_its_files_when_on() -> None:
+    assert EnvoyServicesSettings().enabled is False
+    with pytest.raises(ValidationError, match="tls_cert and client_ca"):
+        EnvoyServicesSettings(enabled=True, tls_cert=Path("/x.crt"))
+    with pytest.raises(ValidationError):
+        EnvoyServicesSettings(allowed_clients=[])
+    with pytest.raises(ValidationError):
+        EnvoyServicesSettings(allowed_clients=["spiffe://a b"])
+
+
+async def test_off_means_no_listener(context: ServiceContext) -> None:
+    assert await start(context, EnvoyServicesSettings()) is None
+    assert context.cleanups == []
+
+
+async def test_it_starts_with_a_matching_key_and_stops_with_nexus(
+    context: ServiceContext, files: Path, server: Pem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, server.key.decode())
+    port = await start(context, enabled(files))
+    assert port
+    assert len(context.cleanups) == 1
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+async def test_a_key_of_another_certificate_stops_the_start_without_showing_it(
+    context: ServiceContext,
+    files: Path,
+    ca: CertificateAuthority,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other = issue(ca, "other", [x509.DNSName("other")], ExtendedKeyUsageOID.SERVER_AUTH)
+    monkeypatch.setenv(KEY_ENV, other.key.decode())
+    with pytest.raises(ConfigError, match="not tls_cert's") as refused:
+        await start(context, enabled(files))
+    assert refused.value.keys == ["nexus.envoy_services.tls_key_secret"]
+    assert "PRIVATE KEY" not in str(refused.value.message)
+
+
+async def test_a_key_that_is_not_pem_stops_the_start(
+    context: ServiceContext, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "not-a-key-but-a-secret-value")
+    with pytest.raises(ConfigError, match="not an unencrypted PEM private key") as refused:
+        await start(context, enabled(files))
+    assert "not-a-key-but-a-secret-value" not in refused.value.message
+
+
+async def test_a_missing_key_secret_or_file_stops_the_start(
+    context: ServiceContext, files: Path, server: Pem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(NotFound):
+        await start(context, enabled(files))
+    monkeypatch.setenv(KEY_ENV, server.key.decode())
+    (files / "ca.crt").unlink()
+    with pytest.raises(ConfigError, match="client_ca: cannot read"):
+        await start(context, enabled(files))
+
+
+async def test_a_port_in_use_is_port_in_use(
+    context: ServiceContext, files: Path, server: Pem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, server.key.decode())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(PortInUse):
+            await start(context, enabled(files, taken.getsockname()[1]))
+
+
+def test_identities_are_the_uri_and_dns_names(ca: CertificateAuthority) -> None:
+    pem = issue(
+        ca,
+        "envoy",
+        [
+            x509.UniformResourceIdentifier("spiffe://datapunk/envoy"),
+            x509.DNSName("envoy.internal"),
+            x509.RFC822Name("ops@example.org"),
+        ],
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    assert certificate_identities(pem.cert) == ("spiffe://datapunk/envoy", "envoy.internal")
