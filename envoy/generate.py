@@ -12,6 +12,11 @@ Usage (from the repository root)::
     .venv/bin/python envoy/generate.py --out-dir /tmp/x --listen-address 0.0.0.0 \\
         --tls-cert /etc/envoy/tls.crt --tls-key /etc/envoy/tls.key
 
+The edge's ext_authz and rate-limit filters call cluster ``nexus_authz``: Nexus's
+mutual-TLS listener (``nexus.envoy_services``), with Envoy's client certificate
+(``--authz-client-cert``/``--authz-client-key``), Nexus's checked against ``--authz-ca``
+and ``--authz-server-name``.
+
 The files are JSON, which is YAML 1.2, after a comment header; Envoy reads them as YAML.
 This directory deliberately has no ``__init__.py``: a package named ``envoy`` here would
 shadow the ``envoy`` package of xds-protos (Envoy's API) on ``sys.path``.
