@@ -92,6 +92,20 @@ class _StreamState:
     call: Any = None
 
 
+_PEERS: dict[str, str] = {}
+_MAX_PEERS = 4096
+
+
+def _client_address(peer: str) -> str:
+    """``client_ip(peer)``, remembered: a connection's calls share one peer string."""
+    found = _PEERS.get(peer)
+    if found is None:
+        if len(_PEERS) >= _MAX_PEERS:
+            _PEERS.clear()
+        found = _PEERS[peer] = client_ip(peer)
+    return found
+
+
 class _Forwarder:
     """The handler behaviours of one route."""
 
@@ -106,6 +120,7 @@ class _Forwarder:
         guard: AccessGuard | None,
     ) -> None:
         self.route = route
+        self.method = route.method
         self.gate = gate
         self.cache = cache
         self.guard = guard
@@ -120,12 +135,11 @@ class _Forwarder:
         incoming = context.invocation_metadata() or ()
         request_id = request_id_of(incoming) or new_request_id()
         timeout = DeadlinePolicy.timeout(context.time_remaining(), self.fallback_timeout)
-        authorization, api_key = credentials_of(
-            {key: value for key, value in incoming if isinstance(value, str)}
-        )
+        # Keys without "-bin" always carry text, so the credentials are str values here.
+        authorization, api_key = credentials_of(dict(incoming))
         caller = Caller(
-            method=self.route.method,
-            client_ip=client_ip(context.peer()),
+            method=self.method,
+            client_ip=_client_address(context.peer()),
             request_id=request_id,
             authorization=authorization,
             api_key=api_key,

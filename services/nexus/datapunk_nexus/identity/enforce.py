@@ -59,6 +59,8 @@ API_KEY_HEADER = "x-api-key"
 # Headers a caller may not pass on: its own credentials stay at the edge, and only Nexus
 # says on whose behalf it calls.
 STRIPPED = frozenset({AUTHORIZATION_KEY, API_KEY_HEADER, ON_BEHALF_KEY})
+# Entries of the per-identity memos (identities come from bounded credential caches).
+_MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +215,7 @@ class AccessGuard:
         self._service_tokens = service_tokens
         self._pool = pool
         self._request_types: dict[str, type[Message] | None] = {}
+        self._on_behalf_values: dict[int, tuple[Identity, str]] = {}
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -340,8 +343,21 @@ class AccessGuard:
         """Nexus's credentials for a call to ``owner`` made for ``identity``."""
         found = [(AUTHORIZATION_KEY, self._service_tokens.authorization(owner))]
         if identity is not None:
-            found.append((ON_BEHALF_KEY, encode_on_behalf(identity)))
+            found.append((ON_BEHALF_KEY, self._on_behalf(identity)))
         return found
+
+    def _on_behalf(self, identity: Identity) -> str:
+        """``encode_on_behalf(identity)``, remembered per identity object: remembered
+        credentials give a busy caller the same object on every call. The entry holds
+        the object itself, so its id cannot be reused while it is remembered."""
+        cached = self._on_behalf_values.get(id(identity))
+        if cached is not None and cached[0] is identity:
+            return cached[1]
+        value = encode_on_behalf(identity)
+        if len(self._on_behalf_values) >= _MAX_REMEMBERED:
+            self._on_behalf_values.clear()
+        self._on_behalf_values[id(identity)] = (identity, value)
+        return value
 
     # --- helpers ------------------------------------------------------------------------
 
