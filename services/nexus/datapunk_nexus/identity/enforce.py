@@ -61,6 +61,8 @@ API_KEY_HEADER = "x-api-key"
 STRIPPED = frozenset({AUTHORIZATION_KEY, API_KEY_HEADER, ON_BEHALF_KEY})
 # Entries of the per-identity memos (identities come from bounded credential caches).
 _MAX_REMEMBERED = 10_000
+# Requests up to this size have their requirement remembered (bounding the memo's size).
+_MAX_REMEMBERED_REQUEST = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,7 @@ class AccessGuard:
         self._pool = pool
         self._request_types: dict[str, type[Message] | None] = {}
         self._on_behalf_values: dict[int, tuple[Identity, str]] = {}
+        self._requirements_seen: dict[tuple[str, bytes], Requirement] = {}
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -265,10 +268,23 @@ class AccessGuard:
         return descriptor is not None and bool(descriptor.client_streaming)
 
     def requirement_of(self, method: str, request: Message | bytes) -> Requirement:
-        """What a call of ``method`` with ``request`` (decoded or serialized) needs."""
-        if isinstance(request, bytes):
-            request = self._decode(method, request)
-        return self._requirements.of(method, request)
+        """What a call of ``method`` with ``request`` (decoded or serialized) needs.
+
+        A requirement depends on nothing but the method and the request, so those of
+        small serialized requests are remembered (a busy client repeats the same reads);
+        refusals (unmapped, undecodable) are not."""
+        if not isinstance(request, bytes):
+            return self._requirements.of(method, request)
+        if len(request) > _MAX_REMEMBERED_REQUEST:
+            return self._requirements.of(method, self._decode(method, request))
+        key = (method, request)
+        found = self._requirements_seen.get(key)
+        if found is None:
+            found = self._requirements.of(method, self._decode(method, request))
+            if len(self._requirements_seen) >= _MAX_REMEMBERED:
+                self._requirements_seen.clear()
+            self._requirements_seen[key] = found
+        return found
 
     async def authorize(
         self, caller: Caller, identity: Identity | None, requirement: Requirement
