@@ -16,6 +16,7 @@ call them.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import subprocess
@@ -217,9 +218,14 @@ async def test_envoys_certificate_gets_rate_limits_from_the_configured_rules(
 
 
 async def test_health_is_served_for_envoys_health_checks(envoy: grpc.aio.Channel) -> None:
+    # It follows the service port's health, which the fixture saw SERVING.
     health = health_pb2_grpc.HealthStub(envoy)
     for service in ("", "envoy.service.auth.v3.Authorization"):
-        answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        for _ in range(50):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            if answer.status == SERVING:
+                break
+            await asyncio.sleep(0.1)
         assert answer.status == SERVING
 
 

@@ -4,6 +4,7 @@ from a certificate. The calls themselves are in tests/integration/test_envoy_mtl
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,11 +21,14 @@ from datapunk_shared.config import EnvoyServicesSettings, RateLimitSettings, Set
 from datapunk_shared.errors import ConfigError, NotFound
 from datapunk_shared.rpc.server import PortInUse, ServiceContext
 from datapunk_shared.secrets import EnvSecretProvider
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from pydantic import ValidationError
 
-from tests.tls_support import CertificateAuthority, Pem, issue, make_ca
+from tests.tls_support import CertificateAuthority, Pem, client_cert, issue, make_ca
 
 KEY_ENV = "DATAPUNK_SECRET_NEXUS__ENVOY_SERVICES_TLS_KEY"
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +51,9 @@ def files(tmp_path: Path, ca: CertificateAuthority, server: Pem) -> Path:
 @pytest.fixture
 async def context() -> AsyncIterator[ServiceContext]:
     settings = Settings()
-    ctx = ServiceContext(
-        settings=settings, service_settings=settings.nexus, server=grpc.aio.server()
-    )
+    # Its health watches the service port: a free one here, never the local stack's Nexus.
+    own = settings.nexus.model_copy(update={"port": free_port()})
+    ctx = ServiceContext(settings=settings, service_settings=own, server=grpc.aio.server())
     yield ctx
     for cleanup in reversed(ctx.cleanups):
         await cleanup()
@@ -166,3 +170,54 @@ def test_identities_are_the_uri_and_dns_names(ca: CertificateAuthority) -> None:
         ExtendedKeyUsageOID.CLIENT_AUTH,
     )
     assert certificate_identities(pem.cert) == ("spiffe://datapunk/envoy", "envoy.internal")
+
+
+async def _health_of(channel: grpc.aio.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    status: int = answer.status
+    return status
+
+
+async def _eventually(channel: grpc.aio.Channel, service: str, status: int) -> None:
+    for _ in range(100):
+        if await _health_of(channel, service) == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{service!r} never became {status}")
+
+
+async def test_health_follows_the_service_ports(
+    context: ServiceContext,
+    files: Path,
+    ca: CertificateAuthority,
+    server: Pem,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stand-in for Nexus's own server: only its public health matters here.
+    main = grpc.aio.server()
+    main_port = main.add_insecure_port("127.0.0.1:0")
+    main_health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(main_health, main)
+    await main_health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await main.start()
+    context.service_settings = context.service_settings.model_copy(
+        update={"host": "0.0.0.0", "port": main_port, "probe_interval": 0.1}
+    )
+    monkeypatch.setenv(KEY_ENV, server.key.decode())
+    port = await start(context, enabled(files))
+    envoy = client_cert(ca, "spiffe://datapunk/envoy")
+    credentials = grpc.ssl_channel_credentials(ca[0].cert, envoy.key, envoy.cert)
+    authz = "envoy.service.auth.v3.Authorization"
+    serving, not_serving = SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+        assert await _health_of(channel, authz) == not_serving
+        await main_health.set("", serving)
+        await _eventually(channel, "", serving)
+        await _eventually(channel, authz, serving)
+        await main_health.set("", not_serving)  # an engine down
+        await _eventually(channel, authz, not_serving)
+        await main_health.set("", serving)
+        await _eventually(channel, authz, serving)
+        await main.stop(None)  # Nexus's server gone: nothing to vouch for it
+        await _eventually(channel, authz, not_serving)

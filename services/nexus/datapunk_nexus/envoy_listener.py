@@ -6,12 +6,15 @@ instead, and prove who they are with a client certificate: the TLS handshake fai
 client without a certificate from ``client_ca``, and a call whose certificate names none
 of ``allowed_clients`` (a URI or DNS subject alternative name) is refused with
 PERMISSION_DENIED (``CLIENT_NOT_ALLOWED``). Nothing but those two methods and health is
-served here. The calls keep the shared edges of every Datapunk server (request ids,
-validation, error details, metrics, access log); only the token check is replaced by the
-certificate check, and the certificate's identity goes into the log lines."""
+served here; its health follows the service port's (engines, migrations, draining). The
+calls keep the shared edges of every Datapunk server (request ids, validation, error
+details, metrics, access log); only the token check is replaced by the certificate
+check, and the certificate's identity goes into the log lines."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Iterable
 from pathlib import Path
@@ -118,6 +121,30 @@ class _Certified:
             identity_var.reset(token)
 
 
+async def _mirror_health(health: HealthServicer, address: str, retry_seconds: float) -> None:
+    """Keep the listener's health what Nexus's own server says (its engines, its
+    migrations, its draining), so Envoy's health checks of ``nexus_authz`` see it too.
+    Watches the service port's public health; NOT_SERVING while that cannot be read."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True)
+                async for answer in watch:
+                    for name in ("", *SERVED):
+                        await health.set(name, answer.status)
+            except grpc.aio.AioRpcError:
+                pass
+            for name in ("", *SERVED):
+                await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(retry_seconds)
+
+
+def _loopback(host: str) -> str:
+    """Where this process reaches its own server listening on ``host``."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -206,11 +233,22 @@ async def start_envoy_listener(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for name in ("", *SERVED):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await raw.start()
+    host = _loopback(own.host)
+    mirror = asyncio.create_task(
+        _mirror_health(
+            health,
+            f"[{host}]:{own.port}" if ":" in host else f"{host}:{own.port}",
+            own.probe_interval,
+        )
+    )
     log.info("envoy services listening", address=f"{settings.host}:{port}", tls="mutual")
 
     async def stop() -> None:
+        mirror.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await mirror
         await health.enter_graceful_shutdown()
         await raw.stop(own.shutdown_grace)
 
