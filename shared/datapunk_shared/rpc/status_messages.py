@@ -61,18 +61,48 @@ def _convert_engine(report: EngineReport) -> common_pb2.EngineStatus:
     return message
 
 
-def report_to_proto(report: StatusReport) -> common_pb2.ServiceStatus:
-    start = timestamp_pb2.Timestamp()
-    start.FromDatetime(report.start_time)
-    return common_pb2.ServiceStatus(
-        service=report.service,
-        version=report.version,
-        instance_id=report.instance_id,
-        start_time=start,
-        uptime=_duration(report.uptime),
-        state=_STATE_TO_PROTO[report.state],
-        engines=[_engine_to_proto(engine) for engine in report.engines],
+# Everything in a report but the uptime changes only when a probe finishes, and status
+# is read far more often: keep the message of the latest reports without the uptime.
+_STATIC_CACHE: dict[tuple[object, ...], common_pb2.ServiceStatus] = {}
+_STATIC_CACHE_LIMIT = 64
+
+
+def _static_status(report: StatusReport) -> common_pb2.ServiceStatus:
+    """``report`` as a message, but for its uptime (shared: copy it, never change it)."""
+    key = (
+        report.service,
+        report.version,
+        report.instance_id,
+        report.start_time,
+        report.state,
+        report.engines,
     )
+    cached = _STATIC_CACHE.get(key)
+    if cached is None:
+        if len(_STATIC_CACHE) >= _STATIC_CACHE_LIMIT:
+            _STATIC_CACHE.clear()
+        start = timestamp_pb2.Timestamp()
+        start.FromDatetime(report.start_time)
+        cached = _STATIC_CACHE[key] = common_pb2.ServiceStatus(
+            service=report.service,
+            version=report.version,
+            instance_id=report.instance_id,
+            start_time=start,
+            state=_STATE_TO_PROTO[report.state],
+            engines=[_engine_to_proto(engine) for engine in report.engines],
+        )
+    return cached
+
+
+def _fill_status(message: common_pb2.ServiceStatus, report: StatusReport) -> None:
+    message.CopyFrom(_static_status(report))
+    message.uptime.FromNanoseconds(round(report.uptime * 1e9))
+
+
+def report_to_proto(report: StatusReport) -> common_pb2.ServiceStatus:
+    message = common_pb2.ServiceStatus()
+    _fill_status(message, report)
+    return message
 
 
 def report_from_proto(message: common_pb2.ServiceStatus) -> StatusReport:
@@ -116,7 +146,9 @@ def add_status_service(
             report = await provider.report(
                 refresh=request.refresh, probe_timeout=timeout, engines=list(request.engines)
             )
-            return pb2.GetStatusResponse(status=report_to_proto(report))
+            response = pb2.GetStatusResponse()
+            _fill_status(response.status, report)
+            return response
 
     pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(), server)
     full_name: str = pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
