@@ -48,7 +48,7 @@ import grpc
 import psycopg
 from datapunk.lake.v1 import spatial_pb2
 from datapunk.lake.v1 import spatial_pb2_grpc as _spatial_grpc
-from datapunk_lake.spatial.postgis import _NEAREST, _WITHIN, _sql
+from datapunk_lake.spatial.postgis import _NEAREST_FIRST, _WITHIN_FIRST, _sql
 from datapunk_shared.config import load_settings
 from psycopg import sql
 
@@ -275,13 +275,13 @@ async def _run(quick: bool) -> Result:
                     plans = {
                         "lake radius": await _explain(
                             conn,
-                            _sql(_WITHIN, lake_layer),
-                            {"c": centre, "r": RADIUS_M, "d": -1.0, "id": "", "n": 101},
+                            _sql(_WITHIN_FIRST, lake_layer),
+                            {"c": centre, "r": RADIUS_M, "n": 101},
                         ),
                         "lake knn": await _explain(
                             conn,
-                            _sql(_NEAREST, lake_layer),
-                            {"c": centre, "k": K, "d": -1.0, "id": "", "n": K + 1},
+                            _sql(_NEAREST_FIRST, lake_layer),
+                            {"c": centre, "k": K, "n": K + 1},
                         ),
                         "raw radius": await _explain(
                             conn, _sql(_RAW_WITHIN, lake_layer), {"x": x, "y": y, "r": RADIUS_M}

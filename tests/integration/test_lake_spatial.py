@@ -20,7 +20,9 @@ import pytest
 from datapunk.lake.v1 import spatial_pb2, spatial_pb2_grpc
 from datapunk_lake.spatial.postgis import (
     _NEAREST,
+    _NEAREST_FIRST,
     _WITHIN,
+    _WITHIN_FIRST,
     FEATURE_SCHEMA,
     PostgisSpatialStore,
     _sql,
@@ -700,14 +702,20 @@ async def test_queries_use_the_gist_indexes(stub: Stub, layer: str, pg_url: str)
     center = bytes.fromhex("0101000020E6100000000000000000E03F000000000000E03F")  # 0.5 0.5
     async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
         await conn.execute(f'ANALYZE {FEATURE_SCHEMA}."{layer_id}"')
-        within = _sql(_WITHIN, layer_id)
-        params = {"c": center, "r": 500.0, "d": -1.0, "id": "", "n": 11}
-        plan = await _explain(conn, within, params)
-        assert f"{layer_id}_geog" in plan, plan
-        nearest = _sql(_NEAREST, layer_id)
-        plan = await _explain(conn, nearest, {"c": center, "k": 10, "d": -1.0, "id": "", "n": 11})
-        assert f"Index Scan using {layer_id}_geog" in plan, plan
-        assert "Order By" in plan, plan
+        after = {"d": 12.5, "id": "g7"}  # a later page's key
+        for template, params in [
+            (_WITHIN_FIRST, {"c": center, "r": 500.0, "n": 11}),
+            (_WITHIN, {"c": center, "r": 500.0, "n": 11, **after}),
+        ]:
+            plan = await _explain(conn, _sql(template, layer_id), params)
+            assert f"{layer_id}_geog" in plan, plan
+        for template, params in [
+            (_NEAREST_FIRST, {"c": center, "k": 10, "n": 11}),
+            (_NEAREST, {"c": center, "k": 10, "n": 11, **after}),
+        ]:
+            plan = await _explain(conn, _sql(template, layer_id), params)
+            assert f"Index Scan using {layer_id}_geog" in plan, plan
+            assert "Order By" in plan, plan
 
 
 async def _explain(conn: psycopg.AsyncConnection[Any], statement: Any, params: Any) -> str:

@@ -15,6 +15,8 @@ from datapunk_lake.spatial.geojson import (
 )
 from datapunk_lake.spatial.postgis import prepare_batch
 from datapunk_shared.errors import InvalidArgument
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def test_point_is_little_endian_ewkb_with_srid_4326() -> None:
@@ -134,3 +136,63 @@ def test_prepare_batch_names_every_bad_field() -> None:
         ("features[2].geometry", "COORDINATE_OUT_OF_RANGE"),
     ]
     assert caught.value.reason == "INVALID_GEOJSON"
+
+
+def _full_parse(text: str) -> bytes:
+    """The EWKB the full JSON parser gives for the point ``text`` (the same point with
+    its keys in the other order, which the plain-point shortcut does not take)."""
+    value = json.loads(text)
+    swapped = json.dumps({"coordinates": value["coordinates"], "type": value["type"]})
+    return parse_geometry(swapped).ewkb
+
+
+@given(
+    lon=st.one_of(st.floats(-180, 180, allow_nan=False), st.integers(-180, 180), st.just(-0.0)),
+    lat=st.one_of(st.floats(-90, 90, allow_nan=False), st.integers(-90, 90), st.just(-0.0)),
+    space=st.sampled_from(["", " ", "\n\t", "\r "]),
+)
+def test_plain_points_parse_as_the_full_parser_parses_them(
+    lon: float, lat: float, space: str
+) -> None:
+    tokens = ["{", '"type"', ":", '"Point"', ",", '"coordinates"', ":", "[", repr(lon), ","]
+    text = space.join(["", *tokens, repr(lat), "]", "}", ""])
+    assert parse_geometry(text).ewkb == _full_parse(text)
+
+
+@pytest.mark.parametrize(
+    "coordinates",
+    ["-0, 5", "5, -0", "1e2, 5", "5.5E-1, -45", "179.999999999999999999, 1", "-180, -90"],
+)
+def test_plain_point_edge_numbers(coordinates: str) -> None:
+    text = f'{{"type": "Point", "coordinates": [{coordinates}]}}'
+    assert parse_geometry(text).ewkb == _full_parse(text)
+
+
+@pytest.mark.parametrize(
+    ("coordinates", "reason"),
+    [
+        ("181, 0", "COORDINATE_OUT_OF_RANGE"),
+        ("1e400, 0", "INVALID_GEOJSON"),  # infinite
+        ("1" + "0" * 400 + ", 0", "INVALID_GEOJSON"),  # an integer beyond any double
+        ("01, 2", "INVALID_GEOJSON"),  # not JSON
+        ("1, 2, 3", "UNSUPPORTED_DIMENSION"),
+    ],
+)
+def test_plain_looking_points_with_bad_numbers_are_refused(coordinates: str, reason: str) -> None:
+    with pytest.raises(GeoJSONError) as caught:
+        parse_geometry(f'{{"type": "Point", "coordinates": [{coordinates}]}}')
+    assert caught.value.reason == reason
+
+
+def test_prepared_batch_copy_payload_is_postgres_binary_copy() -> None:
+    point = '{"type": "Point", "coordinates": [1, 2]}'
+    batch = prepare_batch([_Feature("é", point, '{"x": 1}'), _Feature("b", point)], 100)
+    ewkb = parse_geometry(point).ewkb
+    expected = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+    for fid, properties in [("é".encode(), b'\x01{"x": 1}'), (b"b", b"\x01{}")]:
+        expected += struct.pack(">hi", 3, len(fid)) + fid
+        expected += struct.pack(">i", len(ewkb)) + ewkb
+        expected += struct.pack(">i", len(properties)) + properties
+    assert batch.copy_data == expected + struct.pack(">h", -1)
+    line = '{"type": "LineString", "coordinates": [[1, 2], [3, 4]]}'
+    assert prepare_batch([_Feature("a", line)], 100).copy_data == b""  # staged instead

@@ -17,7 +17,8 @@ schema) stay as they are, within PostgreSQL's 63-byte limit whatever the tenant 
 another tenant's layer is simply not there: NOT_FOUND, as for any missing layer.
 
 Writes: each batch is one transaction. A batch of points goes straight into the layer's
-table with binary COPY (geometries as EWKB, built in the Lake); when that meets an id that
+table with binary COPY (geometries as EWKB and the whole COPY payload built in the Lake,
+while the batch before it is being written); when that meets an id that
 exists already, or the batch holds lines or polygons, the batch is copied into a temporary
 staging table instead, checked with ``ST_IsValidReason`` and merged with
 ``INSERT ... ON CONFLICT (id) DO UPDATE``. Either way the batch commits whole or not at all,
@@ -29,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterator, Sequence
+import struct
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString, NoReturn
 
@@ -80,6 +82,13 @@ __all__ = [
 FEATURE_SCHEMA = "lake_spatial"
 """The schema of the default tenant's layer tables; other tenants' are named after it."""
 _JSONB_VERSION = b"\x01"  # binary COPY of jsonb: a version byte, then the JSON text
+# PostgreSQL's binary COPY format: a signature, flags and header extension length; per row
+# the field count, then each field as its length and bytes; -1 as the trailer.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_ROW_HEAD = struct.Struct(">hi")  # 3 fields, then the id's length
+_STAGED_ROW_HEAD = struct.Struct(">hiii")  # 4 fields, the ordinal (int4), the id's length
+_LENGTH = struct.Struct(">i")
 _MAX_VIOLATIONS = 20
 _GEOJSON_DIGITS = 17  # enough decimal digits to give back every double as it was written
 _STAGE = "spatial_stage"
@@ -87,10 +96,34 @@ _STAGE = "spatial_stage"
 
 @dataclass(frozen=True, slots=True)
 class PreparedBatch:
-    """A checked batch, ready for COPY: rows of (id, EWKB, jsonb binary)."""
+    """A checked batch, ready for COPY: rows of (id, EWKB, jsonb binary), and, when no
+    geometry needs PostGIS's validity check, the binary COPY payload of those rows."""
 
     rows: list[tuple[str, bytes, bytes]]
     needs_validity_check: bool
+    copy_data: bytes = b""
+
+
+def _binary_copy(rows: Sequence[tuple[str, bytes, bytes]], *, ordinals: bool) -> bytes:
+    """The binary COPY payload of ``rows`` (id text, geometry EWKB, jsonb), each preceded
+    by its ordinal (int4) when ``ordinals`` (the staging table's layout)."""
+    length = _LENGTH.pack
+    parts = [_COPY_SIGNATURE]
+    append = parts.append
+    if ordinals:
+        head = _STAGED_ROW_HEAD.pack
+        for ordinal, (fid, ewkb, properties) in enumerate(rows):
+            text = fid.encode()
+            append(head(4, 4, ordinal, len(text)))
+            parts += (text, length(len(ewkb)), ewkb, length(len(properties)), properties)
+    else:
+        head3 = _ROW_HEAD.pack
+        for fid, ewkb, properties in rows:
+            text = fid.encode()
+            append(head3(3, len(text)))
+            parts += (text, length(len(ewkb)), ewkb, length(len(properties)), properties)
+    append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
 def _violation_error(violations: list[FieldViolation], what: str) -> InvalidArgument:
@@ -132,7 +165,7 @@ def prepare_batch(
         rows.append((feature.id, geometry.ewkb, _JSONB_VERSION + properties))
     if violations:
         raise _violation_error(violations[:_MAX_VIOLATIONS], "invalid features")
-    return PreparedBatch(rows, check)
+    return PreparedBatch(rows, check, b"" if check else _binary_copy(rows, ordinals=False))
 
 
 def _query_geometry(text: str, field: str) -> bytes:
@@ -230,6 +263,13 @@ def _sql(
     return sql.SQL(template).format(**names)
 
 
+@functools.lru_cache(maxsize=4096)
+def _query(template: LiteralString, layer_id: str, schema: str) -> bytes:
+    """``_sql`` rendered once to the bytes psycopg sends, for the statements every read
+    runs: psycopg renders a composed statement again on every execution."""
+    return _sql(template, layer_id, schema=schema).as_bytes(None)
+
+
 _FEATURE_COLUMNS = "id, ST_AsGeoJSON(geom, 17), properties::text"
 
 _CREATE_TABLE: LiteralString = """
@@ -254,7 +294,17 @@ SELECT DISTINCT ON (id) id, geom, properties FROM pg_temp.spatial_stage ORDER BY
 ON CONFLICT (id) DO UPDATE SET geom = EXCLUDED.geom, properties = EXCLUDED.properties
 """
 # Radius: ST_DWithin on geography is rewritten by PostGIS into an index condition on the
-# geography GiST index; results are ordered by distance, then id (the page key).
+# geography GiST index; results are ordered by distance, then id (the page key). The first
+# page has no page key to compare with: its own statement spares PostgreSQL the filter
+# (and the planning of it, since these statements are planned per call).
+_WITHIN_FIRST = """
+SELECT id, ST_AsGeoJSON(geom, 17), properties::text,
+       ST_Distance(geom::geography, ST_GeomFromEWKB(%(c)s)::geography) AS d
+FROM {t}
+WHERE ST_DWithin(geom::geography, ST_GeomFromEWKB(%(c)s)::geography, %(r)s)
+ORDER BY d, id
+LIMIT %(n)s
+"""
 _WITHIN = """
 SELECT id, ST_AsGeoJSON(geom, 17), properties::text, d FROM (
     SELECT id, geom, properties,
@@ -269,7 +319,19 @@ LIMIT %(n)s
 # k nearest: an ordered scan of the geography GiST index (<-> on geography is the
 # great-circle distance in metres) for the k nearest, in the inner query (ordering it by
 # anything more than <-> would lose the index scan); the outer query orders them by
-# (distance, id) and keeps the page after the (distance, id) of the previous page.
+# (distance, id) and keeps the page after the (distance, id) of the previous page (the
+# first page: all of them).
+_NEAREST_FIRST = """
+SELECT id, ST_AsGeoJSON(geom, 17), properties::text, d FROM (
+    SELECT id, geom, properties,
+           geom::geography <-> ST_GeomFromEWKB(%(c)s)::geography AS d
+    FROM {t}
+    ORDER BY geom::geography <-> ST_GeomFromEWKB(%(c)s)::geography
+    LIMIT %(k)s
+) s
+ORDER BY d, id
+LIMIT %(n)s
+"""
 _NEAREST = """
 SELECT id, ST_AsGeoJSON(geom, 17), properties::text, d FROM (
     SELECT id, geom, properties,
@@ -490,7 +552,7 @@ class PostgisSpatialStore:
 
     async def get_feature(self, layer_id: str, feature_id: str) -> Feature:
         _, schema = _calling_tenant()
-        rows = await self._fetch(layer_id, _sql(_GET, layer_id, schema=schema), (feature_id,))
+        rows = await self._fetch(layer_id, _query(_GET, layer_id, schema), (feature_id,))
         if not rows:
             raise _feature_not_found(layer_id, feature_id)
         return Feature(*rows[0])
@@ -498,13 +560,14 @@ class PostgisSpatialStore:
     async def list_features(self, layer_id: str, page_size: int, page_token: str) -> Page[Feature]:
         _, schema = _calling_tenant()
         size = self._page_size(page_size)
-        query = fingerprint("features", layer_id)
-        position = decode_token(page_token, query, (str,))
+        position = decode_token(page_token, fingerprint("features", layer_id), (str,))
         after = position[0] if position else ""
-        statement = _sql(_LIST, layer_id, schema=schema)
+        statement = _query(_LIST, layer_id, schema)
         rows = await self._fetch(layer_id, statement, (after, size + 1))
         features = [Feature(*row) for row in rows[:size]]
-        token = encode_token(query, [features[-1].id]) if len(rows) > size else ""
+        token = ""
+        if len(rows) > size:
+            token = encode_token(fingerprint("features", layer_id), [features[-1].id])
         return Page(features, token)
 
     async def search_within_distance(
@@ -518,11 +581,17 @@ class PostgisSpatialStore:
         _, schema = _calling_tenant()
         center = _query_geometry(geometry, "geometry")
         size = self._page_size(page_size)
-        query = fingerprint("within", layer_id, center.hex(), distance_meters)
-        position = decode_token(page_token, query, (float, str))
-        after_d, after_id = position if position else (-1.0, "")
-        params = {"c": center, "r": distance_meters, "d": after_d, "id": after_id, "n": size + 1}
-        rows = await self._fetch(layer_id, _sql(_WITHIN, layer_id, schema=schema), params)
+
+        def query() -> str:
+            return fingerprint("within", layer_id, center.hex(), distance_meters)
+
+        params: dict[str, Any] = {"c": center, "r": distance_meters, "n": size + 1}
+        template = _WITHIN_FIRST
+        if page_token:
+            after_d, after_id = decode_token(page_token, query(), (float, str)) or (-1.0, "")
+            params.update(d=after_d, id=after_id)
+            template = _WITHIN
+        rows = await self._fetch(layer_id, _query(template, layer_id, schema), params)
         return _distance_page(rows, size, query, None)
 
     async def search_nearest(
@@ -530,15 +599,21 @@ class PostgisSpatialStore:
     ) -> Page[FeatureDistance]:
         _, schema = _calling_tenant()
         center = _query_geometry(geometry, "geometry")
-        query = fingerprint("nearest", layer_id, center.hex(), limit)
-        position = decode_token(page_token, query, (float, str, int))
+
+        def query() -> str:
+            return fingerprint("nearest", layer_id, center.hex(), limit)
+
+        position = decode_token(page_token, query(), (float, str, int)) if page_token else None
         returned = position[2] if position else 0
         size = min(self._page_size(page_size or limit), limit - returned)
         if size <= 0:
             return Page([], "")
-        after_d, after_id = (position[0], position[1]) if position else (-1.0, "")
-        params = {"c": center, "k": limit, "d": after_d, "id": after_id, "n": size + 1}
-        rows = await self._fetch(layer_id, _sql(_NEAREST, layer_id, schema=schema), params)
+        params: dict[str, Any] = {"c": center, "k": limit, "n": size + 1}
+        template = _NEAREST_FIRST
+        if position:
+            params.update(d=position[0], id=position[1])
+            template = _NEAREST
+        rows = await self._fetch(layer_id, _query(template, layer_id, schema), params)
         return _distance_page(rows, size, query, returned, more=returned + size < limit)
 
     async def search_intersecting(
@@ -551,14 +626,17 @@ class PostgisSpatialStore:
         else:
             ewkb = _query_geometry(area, "geometry")
         size = self._page_size(page_size)
-        query = fingerprint("intersecting", layer_id, ewkb.hex(), relation.value)
-        position = decode_token(page_token, query, (str,))
+
+        def query() -> str:
+            return fingerprint("intersecting", layer_id, ewkb.hex(), relation.value)
+
+        position = decode_token(page_token, query(), (str,)) if page_token else None
         after = position[0] if position else ""
         template = _INTERSECTS if relation is Relation.INTERSECTS else _WITHIN_AREA
-        statement = _sql(template, layer_id, schema=schema)
+        statement = _query(template, layer_id, schema)
         rows = await self._fetch(layer_id, statement, (ewkb, after, size + 1))
         features = [Feature(*row) for row in rows[:size]]
-        token = encode_token(query, [features[-1].id]) if len(rows) > size else ""
+        token = encode_token(query(), [features[-1].id]) if len(rows) > size else ""
         return Page(features, token)
 
     async def compute_distance(self, first: FeatureRef, second: FeatureRef) -> float:
@@ -580,7 +658,9 @@ class PostgisSpatialStore:
             raise _feature_not_found(second.layer_id, second.feature_id)
         return float(distance)
 
-    async def _fetch(self, layer_id: str, statement: sql.Composed, params: Any) -> list[Any]:
+    async def _fetch(
+        self, layer_id: str, statement: bytes | sql.Composed, params: Any
+    ) -> list[Any]:
         with _engine_errors(layer_id):
             async with self._read_connection() as conn:
                 cursor = await conn.execute(statement, params)
@@ -596,9 +676,15 @@ def _already_exists(layer_id: str) -> AlreadyExists:
 
 
 def _distance_page(
-    rows: list[Any], size: int, query: str, returned: int | None, *, more: bool = True
+    rows: list[Any],
+    size: int,
+    query: Callable[[], str],
+    returned: int | None,
+    *,
+    more: bool = True,
 ) -> Page[FeatureDistance]:
-    """A page of (id, geometry, properties, distance) rows. ``returned`` (k-nearest only)
+    """A page of (id, geometry, properties, distance) rows. ``query`` gives the query's
+    fingerprint (computed only when a token is made); ``returned`` (k-nearest only)
     counts the results of earlier pages and goes into the token; ``more`` is False when
     no page may follow whatever the rows say."""
     items = [FeatureDistance(Feature(r[0], r[1], r[2]), float(r[3])) for r in rows[:size]]
@@ -608,7 +694,7 @@ def _distance_page(
         position: list[Any] = [last.distance_meters, last.feature.id]
         if returned is not None:
             position.append(returned + len(items))
-        token = encode_token(query, position)
+        token = encode_token(query(), position)
     return Page(items, token)
 
 
@@ -624,9 +710,7 @@ async def _write_batch(
         if not batch.needs_validity_check:
             try:
                 async with conn.transaction():  # a savepoint: fall back to the merge below
-                    await _copy(
-                        conn, _sql(_COPY, layer_id, schema=schema), batch.rows, staged=False
-                    )
+                    await _copy(conn, _sql(_COPY, layer_id, schema=schema), batch.copy_data)
                 return len(batch.rows)
             except pg_errors.UniqueViolation:
                 pass  # an id exists already or repeats in the batch: merge instead
@@ -638,8 +722,7 @@ async def _write_batch(
         await _copy(
             conn,
             sql.SQL("COPY pg_temp.spatial_stage FROM STDIN (FORMAT BINARY)"),
-            batch.rows,
-            staged=True,
+            _binary_copy(batch.rows, ordinals=True),
         )
         if batch.needs_validity_check:
             cursor = await conn.execute(
@@ -665,18 +748,8 @@ def _raise_invalid_geometries(invalid: list[Any], prefix: str) -> NoReturn:
 
 
 async def _copy(
-    conn: psycopg.AsyncConnection[Any],
-    statement: sql.Composed | sql.SQL,
-    rows: list[tuple[str, bytes, bytes]],
-    *,
-    staged: bool,
+    conn: psycopg.AsyncConnection[Any], statement: sql.Composed | sql.SQL, data: bytes
 ) -> None:
+    """COPY ``data`` (a whole binary COPY payload, see ``_binary_copy``) with ``statement``."""
     async with conn.cursor().copy(statement) as copy:
-        if staged:
-            copy.set_types(["int4", "text", "bytea", "bytea"])
-            for ordinal, row in enumerate(rows):
-                await copy.write_row((ordinal, *row))
-        else:
-            copy.set_types(["text", "bytea", "bytea"])
-            for row in rows:
-                await copy.write_row(row)
+        await copy.write(data)

@@ -59,12 +59,21 @@ def _feature_to_proto(feature: Feature) -> spatial_pb2.Feature:
     )
 
 
-def _results(items: list[FeatureDistance]) -> list[spatial_pb2.FeatureDistance]:
+def _features(items: list[Feature]) -> list[dict[str, str]]:
+    """``Feature`` messages as dictionaries, for the same reason as ``_results``."""
+    return [{"id": f.id, "geometry": f.geometry, "properties": f.properties} for f in items]
+
+
+def _results(items: list[FeatureDistance]) -> list[dict[str, Any]]:
+    """``FeatureDistance`` messages as the dictionaries the response's constructor takes:
+    a nested message passed as a message is copied, a dictionary is not (half the time
+    for a page of results)."""
     return [
-        spatial_pb2.FeatureDistance(
-            feature=_feature_to_proto(item.feature), distance_meters=item.distance_meters
-        )
-        for item in items
+        {
+            "feature": {"id": f.id, "geometry": f.geometry, "properties": f.properties},
+            "distance_meters": distance,
+        }
+        for f, distance in items
     ]
 
 
@@ -155,7 +164,7 @@ class SpatialServicer(_grpc.SpatialServiceServicer):  # type: ignore[misc]
             _layer_id(request.parent), request.page_size, request.page_token
         )
         return spatial_pb2.ListFeaturesResponse(
-            features=[_feature_to_proto(f) for f in page.items],
+            features=_features(page.items),
             next_page_token=page.next_page_token,
         )
 
@@ -211,7 +220,7 @@ class SpatialServicer(_grpc.SpatialServiceServicer):  # type: ignore[misc]
             request.page_token,
         )
         return spatial_pb2.SearchIntersectingResponse(
-            features=[_feature_to_proto(f) for f in page.items],
+            features=_features(page.items),
             next_page_token=page.next_page_token,
         )
 
