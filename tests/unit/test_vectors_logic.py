@@ -5,6 +5,7 @@ checks of vectors, payloads and filters, page tokens, and bulk vector decoding."
 from __future__ import annotations
 
 import math
+import struct
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from datapunk_lake.vectors.convert import (
     encode_offset_token,
     filter_from_pb,
     points_from_pb,
+    scored_list_to_pb,
 )
 from datapunk_lake.vectors.domain import (
     CollectionConfig,
@@ -37,6 +39,7 @@ from datapunk_lake.vectors.domain import (
     PayloadField,
     Point,
     Quantization,
+    ScoredPoint,
     Selector,
     TextMatch,
     VectorQuery,
@@ -55,6 +58,7 @@ from datapunk_lake.vectors.validation import (
     check_payload,
     check_vector,
     normalize_payload,
+    suspect_vectors,
 )
 from datapunk_shared.errors import (
     AlreadyExists,
@@ -64,6 +68,7 @@ from datapunk_shared.errors import (
     NotFound,
     Unavailable,
 )
+from google.protobuf import struct_pb2
 from qdrant_client import models as m
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -334,6 +339,84 @@ def test_points_from_pb_decodes_vectors_in_bulk() -> None:
     )
     assert same[2].vector[0] == 2.0
     assert math.isnan(same[2].vector[1])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def test_points_from_pb_reads_vectors_in_any_field_order_and_run() -> None:
+    """Vectors come out right whatever the encoding: the id after the vector, unpacked
+    floats, a packed run split in two, a long id, and many dimensions (a 2-byte length)."""
+    first, rest = struct.pack("<2f", 1.5, 2.5), struct.pack("<f", -3.5)
+    odd = (
+        b"\x12" + _varint(len(first)) + first  # packed run before the id
+        + b"\x0a\x02\x08\x07"  # id 7
+        + b"\x15" + rest  # one unpacked float
+    )  # fmt: skip
+    wide = [float(i) / 7 for i in range(1000)]
+    messages = [
+        pb.Point.FromString(odd),
+        pb.Point(id=pb.PointId(uuid="8e1c2bde-5b8e-4d0b-9a4e-5a2f8c1d0e11"), vector=[0.25] * 9),
+        pb.Point(id=pb.PointId(num=2**64 - 1), vector=wide),
+    ]
+    points = points_from_pb(messages)
+    assert [p.id for p in points] == [7, "8e1c2bde-5b8e-4d0b-9a4e-5a2f8c1d0e11", 2**64 - 1]
+    assert list(points[0].vector) == [1.5, 2.5, -3.5]
+    assert list(points[1].vector) == [0.25] * 9
+    assert list(points[2].vector) == [struct.unpack("<f", struct.pack("<f", v))[0] for v in wide]
+
+
+def test_suspect_vectors_finds_what_check_vector_refuses() -> None:
+    views = [
+        p.vector
+        for p in points_from_pb(
+            [pb.Point(vector=[1.0, v]) for v in (0.5, math.nan, -math.inf, 2.0)]
+        )
+    ]
+    assert suspect_vectors(views, 2) == {1, 2}
+    assert suspect_vectors([[1.0, 2.0], [math.inf, 0.0]], 2) == {1}
+    assert suspect_vectors([], 2) == set()
+    # A wrong size anywhere leaves every vector to check_vector.
+    assert suspect_vectors([[1.0, 2.0], [1.0]], 2) == {0, 1}
+    out: list[FieldViolation] = []
+    for index in sorted(suspect_vectors(views, 2)):
+        check_vector(views[index], 2, f"points[{index}].vector", out)
+    assert [(v.field, v.reason) for v in out] == [
+        ("points[1].vector", "VECTOR_NOT_FINITE"),
+        ("points[2].vector", "VECTOR_NOT_FINITE"),
+    ]
+    assert "value 1 of the vector is -inf" in out[1].description
+
+
+def test_scored_points_to_pb() -> None:
+    found = [
+        ScoredPoint(id=3, score=0.5, vector=None, payload=None),
+        ScoredPoint(
+            id="8e1c2bde-5b8e-4d0b-9a4e-5a2f8c1d0e11",
+            score=0.25,
+            vector=[1.0, 2.0],
+            payload={"a": "x"},
+        ),
+    ]
+    response = pb.SearchPointsResponse()
+    scored_list_to_pb(found, response.points)
+    assert response == pb.SearchPointsResponse(
+        points=[
+            pb.ScoredPoint(id=pb.PointId(num=3), score=0.5),
+            pb.ScoredPoint(
+                id=pb.PointId(uuid="8e1c2bde-5b8e-4d0b-9a4e-5a2f8c1d0e11"),
+                score=0.25,
+                vector=[1.0, 2.0],
+                payload=struct_pb2.Struct(fields={"a": struct_pb2.Value(string_value="x")}),
+            ),
+        ]
+    )
 
 
 def test_filter_from_pb_builds_the_domain_tree() -> None:

@@ -22,7 +22,7 @@ from datapunk_lake.vectors.convert import (
     points_from_pb,
     query_from_pb,
     record_to_pb,
-    scored_to_pb,
+    scored_list_to_pb,
     selector_from_pb,
     stats_to_pb,
     struct_to_dict,
@@ -151,7 +151,9 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         results = await self.store.search(
             collection_name(request.collection, "collection"), [query_from_pb(request.query)]
         )
-        return pb.SearchPointsResponse(points=[scored_to_pb(p) for p in results[0]])
+        response = pb.SearchPointsResponse()
+        scored_list_to_pb(results[0], response.points)
+        return response
 
     async def BatchSearchPoints(
         self, request: pb.BatchSearchPointsRequest, context: _Context
@@ -161,9 +163,10 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
             [query_from_pb(q) for q in request.queries],
             path="queries",
         )
-        return pb.BatchSearchPointsResponse(
-            results=[pb.SearchResult(points=[scored_to_pb(p) for p in r]) for r in results]
-        )
+        response = pb.BatchSearchPointsResponse()
+        for found in results:
+            scored_list_to_pb(found, response.results.add().points)
+        return response
 
     async def ScrollPoints(
         self, request: pb.ScrollPointsRequest, context: _Context

@@ -34,7 +34,9 @@ from datapunk_lake.vectors.validation import (
     check_filter,
     check_payload,
     check_vector,
+    float_fields,
     normalize_payload,
+    suspect_vectors,
 )
 
 __all__ = ["COLLECTION_ID", "MAX_PHYSICAL_NAME", "VectorStore"]
@@ -135,9 +137,12 @@ class VectorStore:
             config = await self.engine.get_collection(physical)
             violations: list[FieldViolation] = []
             size = config.vector_size
+            suspects = suspect_vectors([p.vector for p in points], size)
+            floats = float_fields(config)
             seen: set[PointId] = set()
             for index, point in enumerate(points):
-                check_vector(point.vector, size, f"{path}[{index}].vector", violations)
+                if index in suspects:
+                    check_vector(point.vector, size, f"{path}[{index}].vector", violations)
                 if point.id in seen:
                     violations.append(
                         FieldViolation(
@@ -148,7 +153,7 @@ class VectorStore:
                     )
                 seen.add(point.id)
                 if point.payload:
-                    normalize_payload(point.payload, config)
+                    normalize_payload(point.payload, config, floats)
                     check_payload(
                         point.payload,
                         point.payload_bytes,
