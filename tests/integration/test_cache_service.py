@@ -79,8 +79,8 @@ async def test_invalidate_cache_reaches_redis_and_the_channel(
         # Scoped to the caller's tenant (the bootstrap administrator's, ``default``).
         assert json.loads(message["data"]) == {"tags": [f"default/{tag}" for tag in tags]}
         assert await redis.get(prefix + "g:t:default/lake/collections/docs") == b"1"
-        assert await redis.get(prefix + "g:n:lake/layers/roads/features") == b"1"
-        assert await redis.get(prefix + "g:n:lake/collections/other") is None
+        assert await redis.get(prefix + "g:n:default/lake/layers/roads/features") == b"1"
+        assert await redis.get(prefix + "g:n:default/lake/collections/other") is None
     finally:
         await pubsub.aclose()
         await redis.aclose()
