@@ -108,13 +108,16 @@ async def test_two_nexus_processes_share_a_rate_limit(settings: Settings, tmp_pa
             "nexus",
             tmp_path,
             nexus_env(settings, prefix, **common, DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entries[0])),
-        ),
+        ) as one,
         run_service(
             "nexus",
             tmp_path,
             nexus_env(settings, prefix, **common, DATAPUNK_NEXUS__GRPC_ENTRY__PORT=str(entries[1])),
-        ),
+        ) as two,
     ):
+        # Both serving (their keys loaded): a call forwarded before is UNAVAILABLE.
+        serving = health_pb2.HealthCheckResponse.SERVING
+        wait_until(lambda: one.health() == serving and two.health() == serving, timeout=40)
         codes = []
         for i in range(12):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{entries[i % 2]}") as channel:
