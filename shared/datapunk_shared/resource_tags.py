@@ -10,7 +10,9 @@ version and custom verb, cut after the first path variable's value:
     GET  /v1/lake/{name=collections/*/stats}             -> lake/collections/docs/stats
     GET  /v1/lake/{name=layers/*/features/*}             -> lake/layers/roads/features/7
     GET  /v1/lake/collections  (a list)                  -> lake/collections
-    POST /v1/lake/series:streamWrite (no variable)       -> lake/series
+    POST /v1/lake/series:streamWrite                     -> lake/series/cpu
+         (no variable, but a request field named like the path's last segment,
+         series="series/cpu", names the resource; without it: lake/series)
 
 Tags form a tree by their ``/`` segments. Invalidating a tag drops the entries tagged
 with it, below it (everything about that resource) and above it (the lists and parents
@@ -80,7 +82,10 @@ class Route:
     field_path: tuple[str, ...]
     """The first variable's field path, empty when the path has none."""
     message: type[Message] | None
-    """The request class to decode a serialized request with (None: no variable)."""
+    """The request class to decode a serialized request with (None: nothing to read)."""
+    prefix: str = ""
+    """What the field's value must start with to name a resource (for a field found by
+    name rather than in the path, whose template would have checked it)."""
 
 
 def _route(rule: http_pb2.HttpRule, input_type: descriptor.Descriptor) -> Route | None:
@@ -96,6 +101,11 @@ def _route(rule: http_pb2.HttpRule, input_type: descriptor.Descriptor) -> Route 
     path = "/".join(segments)
     found = _VARIABLE.search(path)
     if found is None:
+        last = segments[-1]
+        named = input_type.fields_by_name.get(last)
+        if named is not None and named.type == named.TYPE_STRING and len(segments) > 1:
+            message = message_factory.GetMessageClass(input_type)
+            return Route(segments[0], path, (last,), message, prefix=f"{last}/")
         return Route(segments[0], path, (), None)
     # Up to the variable, plus its pattern's leading literals: {name=collections/*}
     # falls back to the collection, lake/collections.
@@ -186,6 +196,12 @@ class ResourceTags:
         value: object = message
         for name in route.field_path:
             value = getattr(value, name, "")
-        if not isinstance(value, str) or not value or value.startswith("/"):
+        if (
+            not isinstance(value, str)
+            or not value
+            or value.startswith("/")
+            or not value.startswith(route.prefix)
+            or value == route.prefix
+        ):
             return route.literal or route.service
         return f"{route.service}/{value}"

@@ -4,7 +4,7 @@ that never let one principal's answer reach another, and the bounded LRU."""
 from __future__ import annotations
 
 import pytest
-from datapunk.lake.v1 import spatial_pb2, vectors_pb2
+from datapunk.lake.v1 import spatial_pb2, timeseries_pb2, vectors_pb2
 from datapunk_nexus.cache.keys import cache_key
 from datapunk_nexus.cache.lru import LocalLru
 from datapunk_nexus.cache.tags import ResourceTags, ancestors, tag_matches
@@ -12,6 +12,7 @@ from datapunk_nexus.policy import CallInfo
 
 VS = "/datapunk.lake.v1.VectorService/"
 SS = "/datapunk.lake.v1.SpatialService/"
+TS = "/datapunk.lake.v1.TimeSeriesService/"
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,17 @@ def test_tags_follow_the_http_rules(tags: ResourceTags) -> None:
     assert tags.tag(VS + "ListCollections", b"") == "lake/collections"
     feature = spatial_pb2.GetFeatureRequest(name="layers/roads/features/7").SerializeToString()
     assert tags.tag(SS + "GetFeature", feature) == "lake/layers/roads/features/7"
+
+
+def test_a_path_without_a_variable_takes_the_resource_its_request_names(
+    tags: ResourceTags,
+) -> None:
+    # POST /v1/lake/series:streamWrite names no series; each batch's series field does.
+    batch = timeseries_pb2.StreamWriteRowsRequest(series="series/cpu").SerializeToString()
+    assert tags.tag(TS + "StreamWriteRows", batch) == "lake/series/cpu"
+    for series in ("", "series/", "layers/roads", "/series/cpu"):
+        odd = timeseries_pb2.StreamWriteRowsRequest(series=series).SerializeToString()
+        assert tags.tag(TS + "StreamWriteRows", odd) == "lake/series", series
 
 
 def test_tags_fall_back_to_something_broader(tags: ResourceTags) -> None:

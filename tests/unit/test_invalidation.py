@@ -140,7 +140,8 @@ async def test_a_client_stream_publishes_each_batch_before_acknowledging_it() ->
         seen.append([list(p) for p in recorder.published])
     # Each acknowledgement came after its batch's invalidation was published.
     assert [len(published) for published in seen] == [1, 2]
-    assert recorder.published == [["default/lake/series"], ["default/lake/series"]]
+    # The series each batch names (the path names none: the request's series field).
+    assert recorder.published == [["default/lake/series/cpu"], ["default/lake/series/mem"]]
 
 
 async def test_a_failed_publication_does_not_fail_the_write() -> None:
