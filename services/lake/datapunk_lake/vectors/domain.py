@@ -185,10 +185,15 @@ class CollectionStats:
     indexed_payload_points: Mapping[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+# Point, Record and ScoredPoint are made by the thousand per call: not frozen, because a
+# frozen dataclass sets each field through object.__setattr__ (measured 7x slower to
+# construct). Nothing changes them after construction.
+
+
+@dataclass(slots=True)
 class Point:
-    """A point to write. ``vector`` may be any sequence of floats (a protobuf repeated
-    field is used as is, without a copy)."""
+    """A point to write. ``vector`` may be any sequence of floats (the servicer passes a
+    float32 memoryview of the bytes received, without a copy)."""
 
     id: PointId
     vector: Sequence[float]
@@ -197,7 +202,7 @@ class Point:
     """The payload's encoded size as received (for the size limit); 0 when unknown."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
     """A stored point as read back."""
 
@@ -206,7 +211,7 @@ class Record:
     payload: Mapping[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScoredPoint:
     id: PointId
     score: float

@@ -174,12 +174,7 @@ def edge_query(query: VectorQuery, default_ef: int) -> qe.QueryRequest:
 
 
 def scored_of(point: qe.ScoredPoint) -> ScoredPoint:
-    return ScoredPoint(
-        id=point_id_of(point.id),
-        score=point.score,
-        vector=vector_of(point.vector),
-        payload=point.payload,
-    )
+    return ScoredPoint(point_id_of(point.id), point.score, vector_of(point.vector), point.payload)
 
 
 def record_of(record: qe.Record) -> Record:
