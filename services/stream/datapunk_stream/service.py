@@ -8,8 +8,10 @@ from datapunk_shared.rpc.server import ServiceContext, ServiceSpec
 
 __all__ = ["SPEC"]
 
+
 async def _setup(context: ServiceContext) -> None:
-    # The servicers registered here publish their writes' cache invalidations.
+    # First in setup: the servicers registered after it publish the cache invalidations
+    # of their writes (Stream serves no data RPC yet; its status is not wrapped).
     publish_writes(context, "stream")
 
 
