@@ -888,3 +888,36 @@ async def test_postgres_down_is_unavailable_with_retry_info() -> None:
     finally:
         await server.stop(None)
         await pool.close()
+
+
+async def test_a_connection_broken_mid_call_is_unavailable(pg_url: str) -> None:
+    """PostgreSQL drops the pooled connection between two calls: the next read (on a
+    connection lent in autocommit mode) and the next write (a COPY in autocommit mode)
+    fail as UNAVAILABLE, and the pool's fresh connection serves the call after them."""
+    pool = AsyncConnectionPool(pg_url, min_size=1, max_size=1, open=False)
+    await pool.open(wait=True)
+    store = PostgisSpatialStore(
+        pool, max_page_size=100, max_properties_bytes=MAX_PAYLOAD, pool_timeout=5
+    )
+    layer_id = f"t_{uuid.uuid4().hex[:12]}"
+    await store.create_layer(layer_id, "")
+    try:
+
+        async def drop_pooled_connection() -> None:
+            async with pool.connection() as conn:
+                pid = conn.pgconn.backend_pid
+            async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as other:
+                await other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        search = store.search_nearest(layer_id, point(1, 2), 3, 0, "")
+        write = store.upsert_features(layer_id, [feature("a", point(1, 2))])
+        for call in (search, write):
+            await drop_pooled_connection()
+            with pytest.raises(DatapunkError) as caught:
+                await call
+            assert caught.value.code == "UNAVAILABLE", caught.value
+            assert caught.value.reason == "ENGINE_UNAVAILABLE"
+        assert (await store.search_nearest(layer_id, point(1, 2), 3, 0, "")).items == []
+    finally:
+        await store.delete_layer(layer_id)
+        await pool.close()

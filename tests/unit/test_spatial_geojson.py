@@ -13,7 +13,7 @@ from datapunk_lake.spatial.geojson import (
     parse_geometry,
     parse_properties,
 )
-from datapunk_lake.spatial.postgis import prepare_batch
+from datapunk_lake.spatial.postgis import prepare_batch, prepare_batch_cooperatively
 from datapunk_shared.errors import InvalidArgument
 from hypothesis import given
 from hypothesis import strategies as st
@@ -196,3 +196,20 @@ def test_prepared_batch_copy_payload_is_postgres_binary_copy() -> None:
     assert batch.copy_data == expected + struct.pack(">h", -1)
     line = '{"type": "LineString", "coordinates": [[1, 2], [3, 4]]}'
     assert prepare_batch([_Feature("a", line)], 100).copy_data == b""  # staged instead
+
+
+async def test_cooperative_preparation_gives_the_same_batch() -> None:
+    points = [
+        _Feature(f"f{n}", f'{{"type":"Point","coordinates":[{n % 90},1.5]}}') for n in range(1234)
+    ]
+    cooperative = await prepare_batch_cooperatively(points, 100)
+    assert cooperative == prepare_batch(points, 100)
+    bad = [*points[:700], _Feature("x", "{}"), *points[700:]]
+    with pytest.raises(InvalidArgument) as caught:
+        await prepare_batch_cooperatively(bad, 100)
+    assert [v.field for v in caught.value.violations] == ["features[700].geometry"]
+    line = _Feature("l", '{"type": "LineString", "coordinates": [[1, 2], [3, 4]]}')
+    mixed = await prepare_batch_cooperatively([*points, line], 100)
+    assert mixed.needs_validity_check
+    assert mixed.copy_data == b""
+    assert mixed.rows == prepare_batch([*points, line], 100).rows

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import functools
 import struct
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, LiteralString, NoReturn
 
@@ -90,6 +90,7 @@ _ROW_HEAD = struct.Struct(">hi")  # 3 fields, then the id's length
 _STAGED_ROW_HEAD = struct.Struct(">hiii")  # 4 fields, the ordinal (int4), the id's length
 _LENGTH = struct.Struct(">i")
 _MAX_VIOLATIONS = 20
+_PREPARE_STEP = 500  # features prepared between two turns of the event loop
 _GEOJSON_DIGITS = 17  # enough decimal digits to give back every double as it was written
 _STAGE = "spatial_stage"
 
@@ -104,25 +105,27 @@ class PreparedBatch:
     copy_data: bytes = b""
 
 
-def _binary_copy(rows: Sequence[tuple[str, bytes, bytes]], *, ordinals: bool) -> bytes:
-    """The binary COPY payload of ``rows`` (id text, geometry EWKB, jsonb), each preceded
-    by its ordinal (int4) when ``ordinals`` (the staging table's layout)."""
-    length = _LENGTH.pack
+def _copy_rows(rows: Sequence[tuple[str, bytes, bytes]]) -> bytes:
+    """``rows`` (id text, geometry EWKB, jsonb) as binary COPY rows of a layer table."""
+    length, head = _LENGTH.pack, _ROW_HEAD.pack
+    parts: list[bytes] = []
+    for fid, ewkb, properties in rows:
+        text = fid.encode()
+        parts += (head(3, len(text)), text, length(len(ewkb)), ewkb)
+        parts += (length(len(properties)), properties)
+    return b"".join(parts)
+
+
+def _staged_copy(rows: Sequence[tuple[str, bytes, bytes]]) -> bytes:
+    """The binary COPY payload of ``rows`` for the staging table: each row preceded by
+    its ordinal (int4)."""
+    length, head = _LENGTH.pack, _STAGED_ROW_HEAD.pack
     parts = [_COPY_SIGNATURE]
-    append = parts.append
-    if ordinals:
-        head = _STAGED_ROW_HEAD.pack
-        for ordinal, (fid, ewkb, properties) in enumerate(rows):
-            text = fid.encode()
-            append(head(4, 4, ordinal, len(text)))
-            parts += (text, length(len(ewkb)), ewkb, length(len(properties)), properties)
-    else:
-        head3 = _ROW_HEAD.pack
-        for fid, ewkb, properties in rows:
-            text = fid.encode()
-            append(head3(3, len(text)))
-            parts += (text, length(len(ewkb)), ewkb, length(len(properties)), properties)
-    append(_COPY_TRAILER)
+    for ordinal, (fid, ewkb, properties) in enumerate(rows):
+        text = fid.encode()
+        parts += (head(4, 4, ordinal, len(text)), text, length(len(ewkb)), ewkb)
+        parts += (length(len(properties)), properties)
+    parts.append(_COPY_TRAILER)
     return b"".join(parts)
 
 
@@ -139,10 +142,48 @@ def prepare_batch(
     features: Sequence[FeatureInput], max_properties_bytes: int, prefix: str = "features"
 ) -> PreparedBatch:
     """Check and encode a batch; raise InvalidArgument naming every bad field (up to 20)."""
+    steps = _prepare_steps(features, max_properties_bytes, prefix, step=0)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            batch: PreparedBatch = done.value
+            return batch
+
+
+async def prepare_batch_cooperatively(
+    features: Sequence[FeatureInput], max_properties_bytes: int
+) -> PreparedBatch:
+    """``prepare_batch``, letting the event loop run every ``_PREPARE_STEP`` features: a
+    bulk load prepares a batch while the one before it is written, and that write must
+    not wait for a whole batch's parsing to send its data or to be acknowledged."""
+    steps = _prepare_steps(features, max_properties_bytes, "features", _PREPARE_STEP)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            batch: PreparedBatch = done.value
+            return batch
+        await asyncio.sleep(0)
+
+
+def _prepare_steps(
+    features: Sequence[FeatureInput], max_properties_bytes: int, prefix: str, step: int
+) -> Generator[None, None, PreparedBatch]:
+    """What ``prepare_batch`` does, yielding after every ``step`` features (never when
+    ``step`` is 0); the COPY payload is built as it goes, while no geometry needs the
+    validity check."""
     rows: list[tuple[str, bytes, bytes]] = []
     violations: list[FieldViolation] = []
     check = False
+    payload = [_COPY_SIGNATURE]
+    encoded = 0  # rows already in payload
     for index, feature in enumerate(features):
+        if step and index and index % step == 0:
+            if not check and not violations:
+                payload.append(_copy_rows(rows[encoded:]))
+                encoded = len(rows)
+            yield
         try:
             geometry = parse_geometry(feature.geometry)
         except GeoJSONError as exc:
@@ -165,7 +206,10 @@ def prepare_batch(
         rows.append((feature.id, geometry.ewkb, _JSONB_VERSION + properties))
     if violations:
         raise _violation_error(violations[:_MAX_VIOLATIONS], "invalid features")
-    return PreparedBatch(rows, check, b"" if check else _binary_copy(rows, ordinals=False))
+    if check:
+        return PreparedBatch(rows, check)
+    payload += (_copy_rows(rows[encoded:]), _COPY_TRAILER)
+    return PreparedBatch(rows, check, b"".join(payload))
 
 
 def _query_geometry(text: str, field: str) -> bytes:
@@ -393,12 +437,11 @@ class PostgisSpatialStore:
         """A connection in autocommit mode while it is lent to a read: a single SELECT
         needs no BEGIN/COMMIT, which saves the COMMIT round trip the pool would make when
         it takes the connection back. The pool's own mode is restored before that."""
-        async with self._pool.connection(timeout=self._pool_timeout) as conn:
-            await conn.set_autocommit(True)
-            try:
-                yield conn
-            finally:
-                await conn.set_autocommit(False)
+        async with (
+            self._pool.connection(timeout=self._pool_timeout) as conn,
+            _autocommit(conn),
+        ):
+            yield conn
 
     # -- layers ------------------------------------------------------------------------
 
@@ -505,7 +548,9 @@ class PostgisSpatialStore:
                 index = 0
                 async for features in batches:
                     try:
-                        prepared = prepare_batch(features, self._max_properties_bytes)
+                        prepared = await prepare_batch_cooperatively(
+                            features, self._max_properties_bytes
+                        )
                     except InvalidArgument as exc:
                         exc.metadata["batch_index"] = str(index)
                         raise
@@ -667,6 +712,18 @@ class PostgisSpatialStore:
                 return await cursor.fetchall()
 
 
+@contextlib.asynccontextmanager
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """``conn`` in autocommit mode for the block, then back in the pool's mode. A
+    connection that broke meanwhile is left as it is: the pool discards it."""
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(False)
+
+
 def _already_exists(layer_id: str) -> AlreadyExists:
     return AlreadyExists(
         f"layer {_layer_name(layer_id)} exists already",
@@ -705,15 +762,22 @@ async def _write_batch(
     batch: PreparedBatch,
     prefix: str,
 ) -> int:
-    """Write ``batch`` in one transaction; return the number of distinct ids written."""
+    """Write ``batch`` in one transaction; return the number of distinct ids written.
+
+    A batch that needs no validity check goes first as one COPY in autocommit mode: a
+    statement outside a transaction block is a transaction of its own, all rows or none,
+    committed (and, with synchronous_commit, flushed) before PostgreSQL answers; that
+    saves the BEGIN and COMMIT round trips, during which PostgreSQL would wait. When
+    the COPY meets an id that exists already or repeats in the batch, nothing was
+    written, and the batch is merged instead."""
+    if not batch.needs_validity_check:
+        try:
+            async with _autocommit(conn):
+                await _copy(conn, _sql(_COPY, layer_id, schema=schema), batch.copy_data)
+            return len(batch.rows)
+        except pg_errors.UniqueViolation:
+            pass
     async with conn.transaction():
-        if not batch.needs_validity_check:
-            try:
-                async with conn.transaction():  # a savepoint: fall back to the merge below
-                    await _copy(conn, _sql(_COPY, layer_id, schema=schema), batch.copy_data)
-                return len(batch.rows)
-            except pg_errors.UniqueViolation:
-                pass  # an id exists already or repeats in the batch: merge instead
         await conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS spatial_stage ("
             ' ord integer, id text COLLATE "C", geom geometry, properties jsonb'
@@ -722,7 +786,7 @@ async def _write_batch(
         await _copy(
             conn,
             sql.SQL("COPY pg_temp.spatial_stage FROM STDIN (FORMAT BINARY)"),
-            _binary_copy(batch.rows, ordinals=True),
+            _staged_copy(batch.rows),
         )
         if batch.needs_validity_check:
             cursor = await conn.execute(
