@@ -294,7 +294,7 @@ def run(quick: bool = False) -> Result:
             _lake_search(stub, collection, queries, ef, None)
             _lake_search(stub, collection, queries, ef, lake_filter)
             raw.search(queries, ef, raw_filter)
-            floor = _lake_floor(stub, collection, nq)
+            floor: list[float] = []
             samples: dict[str, list[float]] = {k: [] for k in ("raw", "lake", "raw_f", "lake_f")}
             diffs: list[float] = []
             lake_recall = raw_recall = 0.0
@@ -305,6 +305,7 @@ def run(quick: bool = False) -> Result:
                 lake_recall = _recall(found, truth)
                 _, raw_f = raw.search(queries, ef, raw_filter)
                 _, lake_f = _lake_search(stub, collection, queries, ef, lake_filter)
+                floor += _lake_floor(stub, collection, nq)
                 samples["raw"] += raw_lat
                 samples["lake"] += lake_lat
                 samples["raw_f"] += raw_f
