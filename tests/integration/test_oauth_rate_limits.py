@@ -17,7 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from datapunk.nexus.v1 import auth_pb2, auth_pb2_grpc
+from datapunk.nexus.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
+from datapunk_nexus.edge.server import PLAIN_CLIENT_ADDRESS
+from datapunk_nexus.identity.oauth.http import CLIENT_ADDRESS_KEY
 from datapunk_shared.config import Settings
 from grpc_health.v1 import health_pb2
 
@@ -31,6 +33,7 @@ BURST = 4
 @dataclass
 class Edge:
     url: str
+    entry: str
     client_id: str
     secret: str
 
@@ -69,7 +72,7 @@ async def edge(settings: Settings, tmp_path: Path) -> AsyncIterator[Edge]:
                 ),
                 timeout=10,
             )
-        yield Edge(f"http://127.0.0.1:{rest}", client_id, made.client_secret)
+        yield Edge(f"http://127.0.0.1:{rest}", f"127.0.0.1:{entry}", client_id, made.client_secret)
 
 
 async def post(
@@ -111,8 +114,30 @@ async def test_refused_client_secrets_count_against_the_clients_address(edge: Ed
     for path in ("/oauth/revoke", "/oauth/introspect"):
         assert_limited(*await post(edge, path, guesser, edge.secret, token=token_value))
 
+    # The refusals are audited with the client's address (the forwarded one, from a
+    # trusted proxy), the way an operator finds who guessed. A client that failed to
+    # authenticate is nobody's: its records are in the platform's trail.
+    async with entry_channel(edge.entry) as channel:
+        found = await audit_pb2_grpc.AuditServiceStub(channel).SearchAuditEvents(
+            audit_pb2.SearchAuditEventsRequest(
+                filter=audit_pb2.AuditEventFilter(
+                    resource_prefix=f"client/{edge.client_id}",
+                    outcome=audit_pb2.AUDIT_OUTCOME_DENY,
+                ),
+                platform=True,
+            ),
+            timeout=10,
+        )
+    refusals = [e for e in found.events if e.method.endswith("/IssueToken")]
+    assert len(refusals) == 2, found
+    assert {e.client_address for e in refusals} == {guesser}
+
     # Another address has its own allowance, and a granted request costs one.
     for _ in range(BURST):
         status, _, body = await token(edge, other, edge.secret)
         assert status == 200, body
     assert_limited(*await token(edge, other, edge.secret))
+
+
+def test_the_edge_and_the_oauth_endpoints_agree_on_where_the_client_address_is() -> None:
+    assert PLAIN_CLIENT_ADDRESS == CLIENT_ADDRESS_KEY

@@ -41,7 +41,18 @@ from datapunk_nexus.identity.oauth.server import (
 )
 from datapunk_nexus.identity.oauth.trail import INTROSPECT_METHOD, ISSUE_METHOD, REVOKE_METHOD
 
-__all__ = ["PlainHandler", "PlainRoute", "introspection_document", "oauth_http_routes"]
+__all__ = [
+    "CLIENT_ADDRESS_KEY",
+    "PlainHandler",
+    "PlainRoute",
+    "introspection_document",
+    "oauth_http_routes",
+]
+
+CLIENT_ADDRESS_KEY = "datapunk.client_address"
+"""Where the REST edge leaves the client's address on a plain route's request (its
+``X-Forwarded-For`` believed from trusted proxies only); the same key as the edge's
+``PLAIN_CLIENT_ADDRESS``, spelled twice because the edge cannot import this package."""
 
 PlainHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -138,8 +149,10 @@ async def _form(request: web.BaseRequest) -> dict[str, str]:
 
 
 def _peer(request: web.BaseRequest) -> str:
-    """The address the request came from, for the audit trail."""
-    return str(request.remote or "")
+    """The client's address, for the audit trail: the edge's (which believes trusted
+    proxies), else the connection's peer."""
+    address = request.get(CLIENT_ADDRESS_KEY)
+    return address if isinstance(address, str) and address else str(request.remote or "")
 
 
 def _client_credentials(request: web.BaseRequest, form: Mapping[str, str]) -> tuple[str, str]:
