@@ -18,8 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from datapunk.nexus.v1 import audit_pb2, audit_pb2_grpc, auth_pb2, auth_pb2_grpc
-from datapunk_nexus.edge.server import PLAIN_CLIENT_ADDRESS
-from datapunk_nexus.identity.oauth.http import CLIENT_ADDRESS_KEY
 from datapunk_shared.config import Settings
 from grpc_health.v1 import health_pb2
 
@@ -137,7 +135,3 @@ async def test_refused_client_secrets_count_against_the_clients_address(edge: Ed
         status, _, body = await token(edge, other, edge.secret)
         assert status == 200, body
     assert_limited(*await token(edge, other, edge.secret))
-
-
-def test_the_edge_and_the_oauth_endpoints_agree_on_where_the_client_address_is() -> None:
-    assert PLAIN_CLIENT_ADDRESS == CLIENT_ADDRESS_KEY

@@ -57,6 +57,7 @@ from datapunk_nexus.identity.enforce import (
     call_info,
     credentials_of,
 )
+from datapunk_nexus.identity.oauth.http import CLIENT_ADDRESS_KEY
 from datapunk_nexus.policy import (
     CallInfo,
     NoCache,
@@ -82,10 +83,6 @@ SSE = "text/event-stream"
 
 PlainHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 """A handler of a plain HTTP route (``RestEdge.add_plain_routes``)."""
-
-PLAIN_CLIENT_ADDRESS = "datapunk.client_address"
-"""The key under which a plain route's handler finds the client's address on its request
-(``X-Forwarded-For`` believed from trusted proxies only), for its audit records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +383,7 @@ class RestEdge:
                 405,
                 {"Allow": allow},
             )
-        exchange.request[PLAIN_CLIENT_ADDRESS] = exchange.client_ip
+        exchange.request[CLIENT_ADDRESS_KEY] = exchange.client_ip
         if plain.gated_as is None:
             response = await plain.handler(exchange.request)
         else:

@@ -49,10 +49,9 @@ __all__ = [
     "oauth_http_routes",
 ]
 
-CLIENT_ADDRESS_KEY = "datapunk.client_address"
+CLIENT_ADDRESS_KEY = web.RequestKey("datapunk.client_address", str)
 """Where the REST edge leaves the client's address on a plain route's request (its
-``X-Forwarded-For`` believed from trusted proxies only); the same key as the edge's
-``PLAIN_CLIENT_ADDRESS``, spelled twice because the edge cannot import this package."""
+``X-Forwarded-For`` believed from trusted proxies only), for the audit records."""
 
 PlainHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
