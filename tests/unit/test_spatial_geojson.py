@@ -9,6 +9,7 @@ import struct
 import pytest
 from datapunk_lake.spatial.geojson import (
     GeoJSONError,
+    _plain_point,
     bbox_geometry,
     parse_geometry,
     parse_properties,
@@ -159,13 +160,40 @@ def test_plain_points_parse_as_the_full_parser_parses_them(
     assert parse_geometry(text).ewkb == _full_parse(text)
 
 
-@pytest.mark.parametrize(
-    "coordinates",
-    ["-0, 5", "5, -0", "1e2, 5", "5.5E-1, -45", "179.999999999999999999, 1", "-180, -90"],
+@given(
+    lon=st.one_of(st.floats(-180, 180, allow_nan=False), st.integers(-180, 180)),
+    lat=st.one_of(st.floats(-90, 90, allow_nan=False), st.integers(-90, 90)),
+    separators=st.sampled_from([(",", ":"), (", ", ": ")]),
 )
-def test_plain_point_edge_numbers(coordinates: str) -> None:
-    text = f'{{"type": "Point", "coordinates": [{coordinates}]}}'
+def test_points_as_json_writes_them_take_the_shortcut(
+    lon: float, lat: float, separators: tuple[str, str]
+) -> None:
+    text = json.dumps({"type": "Point", "coordinates": [lon, lat]}, separators=separators)
     assert parse_geometry(text).ewkb == _full_parse(text)
+    assert (_plain_point(text) is None) == (lon == 0 or lat == 0)
+
+
+@pytest.mark.parametrize(
+    ("coordinates", "shortcut"),
+    [
+        ("-0, 5", False),
+        ("5, -0", False),
+        ("1e2, 5", True),
+        ("5.5E-1,-45", True),
+        ("179.999999999999999999, 1", True),
+        ("-180, -90", True),
+        ("1 , 2", False),
+        ("+1, 2", False),
+    ],
+)
+def test_plain_point_edge_numbers(coordinates: str, *, shortcut: bool) -> None:
+    text = f'{{"type": "Point", "coordinates": [{coordinates}]}}'
+    if coordinates.startswith("+"):
+        with pytest.raises(GeoJSONError):
+            parse_geometry(text)
+        return
+    assert parse_geometry(text).ewkb == _full_parse(text)
+    assert (_plain_point(text) is not None) == shortcut
 
 
 @pytest.mark.parametrize(
