@@ -12,7 +12,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -45,9 +45,29 @@ stubs: object = status_pb2_grpc  # generated stubs are untyped
 
 @dataclass
 class Gated:
-    nexus: RunningService
+    stream: RunningService
     entry: str
     rest: str
+
+
+def _in_flight(service: RunningService) -> float:
+    """Calls ``service`` is working on now (its ``datapunk_rpc_in_flight`` gauges)."""
+    url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("datapunk_rpc_in_flight{")
+    )
+
+
+async def _eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +98,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gated]:
             entry = f"127.0.0.1:{entry_port}"
             wait_for_grpc_health(entry)
             wait_until(lambda: nexus.health() == health_pb2.HealthCheckResponse.SERVING, timeout=30)
-            yield Gated(nexus, entry, f"http://127.0.0.1:{rest_port}")
+            yield Gated(stream, entry, f"http://127.0.0.1:{rest_port}")
     finally:
         hole.close()
 
@@ -98,17 +118,13 @@ async def test_calls_over_the_bound_are_shed_at_once_with_retry_information(
         stub = stubs.StatusServiceStub(channel)  # type: ignore[attr-defined]
         busy = [asyncio.ensure_future(stub.GetStatus(SLOW, timeout=60)) for _ in range(BOUND)]
         try:
-            # Both slots taken: the next call on either entry is refused at once.
-            refused: grpc.aio.AioRpcError | None = None
-            for _ in range(100):
-                started = time.monotonic()
-                try:
-                    await stub.GetStatus(status_pb2.GetStatusRequest(), timeout=10)
-                except grpc.aio.AioRpcError as failed:
-                    refused = failed
-                    break
-                await asyncio.sleep(0.1)  # the busy calls have not reached the gate yet
-            assert refused is not None, "never shed"
+            # Both slots taken (the Stream is working on both calls): the next call on
+            # either entry is refused at once.
+            await _eventually(lambda: _in_flight(gated.stream) >= BOUND)
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetStatus(status_pb2.GetStatusRequest(), timeout=10)
+            refused = raised.value
             assert time.monotonic() - started < 1.0
             assert refused.code() is grpc.StatusCode.UNAVAILABLE
             shed = error_from_rpc_error(refused)
