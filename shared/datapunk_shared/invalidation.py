@@ -72,6 +72,7 @@ GENERATION_TTL_SECONDS = 3 * 3600
 at zero, no entry stamped with its old value is still there."""
 
 _MAX_CONNECTIONS = 16
+_MAX_STREAM_TAGS = 32
 
 INVALIDATIONS_PUBLISHED = Counter(
     "datapunk_cache_invalidation_publish_total",
@@ -219,13 +220,13 @@ class WriteInvalidation:
             task.add_done_callback(self._background.discard)
 
     def _collecting(
-        self, method: str, requests: AsyncIterator[Message], dirty: set[str]
+        self, method: str, requests: AsyncIterator[Message], seen: _StreamTags
     ) -> AsyncIterator[Message]:
         tags = self._tags
 
         async def collect() -> AsyncIterator[Message]:
             async for message in requests:
-                dirty.add(tags.message_tag(method, message))
+                seen.add(tags.message_tag(method, message))
                 yield message
 
         return collect()
@@ -255,37 +256,61 @@ class WriteInvalidation:
 
     def _stream_unary(self, method: str, inner: Any) -> Any:
         async def behavior(requests: AsyncIterator[Message], context: Any) -> Any:
-            dirty: set[str] = set()
+            seen = _StreamTags(self._tags.broad_tag(method))
             try:
-                response = await inner(self._collecting(method, requests, dirty), context)
+                response = await inner(self._collecting(method, requests, seen), context)
             except BaseException:
-                self._publish_later(dirty)
+                self._publish_later(seen.tags)
                 raise
-            await self._publish(dirty)
+            if seen.tags:
+                await self._publish(seen.tags)
             return response
 
         return behavior
 
     def _stream_stream(self, method: str, inner: Any) -> Any:
         async def behavior(requests: AsyncIterator[Message], context: Any) -> AsyncIterator[Any]:
-            dirty: set[str] = set()
+            seen = _StreamTags(self._tags.broad_tag(method))
             try:
                 async for item in _responses(
-                    inner(self._collecting(method, requests, dirty), context)
+                    inner(self._collecting(method, requests, seen), context)
                 ):
-                    # The batch is acknowledged by this answer: its resources first.
-                    if dirty:
-                        tags = set(dirty)
-                        dirty.clear()
-                        await self._publish(tags)
+                    # This answer acknowledges writes: publish every resource the stream
+                    # has named so far (a servicer may read ahead of its writes, so a tag
+                    # is published again at each later answer, never only before its
+                    # write landed).
+                    if seen.tags:
+                        seen.unread = False
+                        await self._publish(seen.tags)
                     yield item
             except BaseException:
-                self._publish_later(dirty)
+                self._publish_later(seen.tags)
                 raise
-            if dirty:
-                await self._publish(dirty)
+            if seen.unread:
+                await self._publish(seen.tags)
 
         return behavior
+
+
+class _StreamTags:
+    """The tags a client stream's messages named, at most ``_MAX_STREAM_TAGS``: past
+    that, the method's broad tag (the list's, above every one of them) stands for all."""
+
+    __slots__ = ("broad", "tags", "unread")
+
+    def __init__(self, broad: str) -> None:
+        self.broad = broad
+        self.tags: set[str] = set()
+        self.unread = False
+        """Whether a message arrived after the last publication."""
+
+    def add(self, tag: str) -> None:
+        self.unread = True
+        if self.broad in self.tags:
+            return
+        self.tags.add(tag)
+        if len(self.tags) > _MAX_STREAM_TAGS:
+            self.tags = {self.broad}
 
 
 class _WrappedGenericHandler(grpc.GenericRpcHandler):

@@ -181,6 +181,14 @@ class ResourceTags:
             return route.service
         return self._tag_of(route, message)
 
+    def broad_tag(self, method: str) -> str:
+        """The tag above every call of ``method``: its path's literal part (the list),
+        or its service."""
+        route = self._routes.get(method)
+        if route is None:
+            return _service_of_method(method)
+        return route.literal or route.service
+
     def message_tag(self, method: str, request: Message) -> str:
         """The tag of a call of ``method`` with the already decoded ``request`` (a message
         of the method's input type, from any descriptor pool)."""

@@ -121,6 +121,14 @@ async def test_a_failed_write_publishes_nothing() -> None:
     assert recorder.published == []
 
 
+def batches(*series: str) -> AsyncIterator[Any]:
+    async def each() -> AsyncIterator[Any]:
+        for name in series:
+            yield timeseries_pb2.StreamWriteRowsRequest(series=name)
+
+    return each()
+
+
 async def test_a_client_stream_publishes_each_batch_before_acknowledging_it() -> None:
     recorder = Recorder()
     writes = invalidation(recorder)
@@ -131,17 +139,50 @@ async def test_a_client_stream_publishes_each_batch_before_acknowledging_it() ->
             yield "acknowledged"
 
     handler = writes.wrap(TS + "StreamWriteRows", grpc.stream_stream_rpc_method_handler(write_rows))
-
-    async def batches() -> AsyncIterator[Any]:
-        yield timeseries_pb2.StreamWriteRowsRequest(series="series/cpu")
-        yield timeseries_pb2.StreamWriteRowsRequest(series="series/mem")
-
-    async for _ in handler.stream_stream(batches(), None):
+    async for _ in handler.stream_stream(batches("series/cpu", "series/mem"), None):
         seen.append([list(p) for p in recorder.published])
-    # Each acknowledgement came after its batch's invalidation was published.
-    assert [len(published) for published in seen] == [1, 2]
-    # The series each batch names (the path names none: the request's series field).
-    assert recorder.published == [["default/lake/series/cpu"], ["default/lake/series/mem"]]
+    # Each acknowledgement came after its batch's invalidation was published, with the
+    # series each batch names (the path names none: the request's series field).
+    assert seen[0] == [["default/lake/series/cpu"]]
+    assert seen[1][-1] == ["default/lake/series/cpu", "default/lake/series/mem"]
+    assert len(recorder.published) == 2  # nothing arrived after the last answer
+
+
+async def test_a_servicer_reading_ahead_still_publishes_after_each_write() -> None:
+    recorder = Recorder()
+    writes = invalidation(recorder)
+    written: list[str] = []
+    published_after: dict[str, list[list[str]]] = {}
+
+    async def read_ahead(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[str]:
+        # Reads the second batch before the first one is written and acknowledged.
+        pending = [message async for message in requests]
+        for message in pending:
+            written.append(message.series)
+            yield "acknowledged"
+
+    handler = writes.wrap(TS + "StreamWriteRows", grpc.stream_stream_rpc_method_handler(read_ahead))
+    async for _ in handler.stream_stream(batches("series/cpu", "series/mem"), None):
+        published_after[written[-1]] = [list(p) for p in recorder.published]
+    # mem's tag was known at cpu's answer, before mem was written: it is published again
+    # at mem's own answer, after its write.
+    assert "default/lake/series/mem" in published_after["series/mem"][-1]
+    assert len(published_after["series/mem"]) == 2
+
+
+async def test_a_stream_naming_many_resources_publishes_the_list_above_them() -> None:
+    recorder = Recorder()
+    writes = invalidation(recorder)
+
+    async def write_all(requests: AsyncIterator[Any], context: Any) -> str:
+        async for _ in requests:
+            pass
+        return "done"
+
+    handler = writes.wrap(TS + "StreamWriteRows", grpc.stream_unary_rpc_method_handler(write_all))
+    names = [f"series/s{i}" for i in range(100)]
+    assert await handler.stream_unary(batches(*names), None) == "done"
+    assert recorder.published == [["default/lake/series"]]
 
 
 async def test_a_failed_publication_does_not_fail_the_write() -> None:
