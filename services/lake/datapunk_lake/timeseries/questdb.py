@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from datapunk_shared.config import QuestDBSettings, TimeSeriesStoreSettings
 from datapunk_shared.errors import (
@@ -28,6 +29,8 @@ from datapunk_shared.errors import (
     engine_unavailable,
 )
 from datapunk_shared.logging import get_logger
+from psycopg.adapt import AdaptersMap
+from psycopg.types.numeric import Int8BinaryLoader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from questdb import QuestDBError, QuestDBErrorCode, Sender
 
@@ -84,6 +87,15 @@ _FLOAT_OIDS = frozenset({700, 701, 1700})
 _INT_OIDS = frozenset({20, 21, 23})
 _TIMESTAMP_OIDS = frozenset({1114, 1184})
 _BOOL_OID = 16
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z, PostgreSQL's epoch
+_NO_ROWS: npt.NDArray[np.uint32] = np.empty(0, dtype=np.uint32)
+
+# Query results are fetched in binary format, with timestamps loaded by psycopg's C int8
+# loader as integers (microseconds since 2000-01-01) instead of datetime objects, which
+# numpy converts to datetime64 at several microseconds a value.
+_RESULTS = AdaptersMap(psycopg.adapters)
+for _oid in _TIMESTAMP_OIDS:
+    _RESULTS.register_loader(_oid, Int8BinaryLoader)
 
 _VIEW_SAMPLE = re.compile(r"SAMPLE BY (\d+)([smhd])")
 _VIEW_SELECT = re.compile(r"^SELECT (.*?) FROM ", re.DOTALL)
@@ -151,7 +163,7 @@ class QuestDBEngine:
             max_size=store.pool_max,
             open=False,
             name="lake-timeseries",
-            kwargs={"autocommit": True, "connect_timeout": 3},
+            kwargs={"autocommit": True, "connect_timeout": 3, "context": _RESULTS},
             reconnect_timeout=3600,
         )
         self._senders: list[Sender] = []
@@ -181,9 +193,11 @@ class QuestDBEngine:
         except psycopg.Error as exc:
             raise _engine_error(exc) from None
 
-    async def _rows(self, statement: Statement) -> tuple[list[tuple[Any, ...]], list[Any]]:
+    async def _rows(
+        self, statement: Statement, *, binary: bool = False
+    ) -> tuple[list[tuple[Any, ...]], list[Any]]:
         async with self._cursor() as cursor:
-            await cursor.execute(statement.text, statement.params or None)
+            await cursor.execute(statement.text, statement.params or None, binary=binary)
             rows = await cursor.fetchall()
             return rows, list(cursor.description or ())
 
@@ -192,7 +206,7 @@ class QuestDBEngine:
             await cursor.execute(statement.text, statement.params or None)
 
     async def fetch(self, statement: Statement) -> RowBatch:
-        rows, description = await self._rows(statement)
+        rows, description = await self._rows(statement, binary=True)
         return _batch_of(rows, description)
 
     async def describe(self, series_id: str) -> SeriesInfo | None:
@@ -358,6 +372,8 @@ def _ilp_error(exc: QuestDBError, series_id: str) -> DatapunkError:
 
 
 def _batch_of(rows: Sequence[tuple[Any, ...]], description: Sequence[Any]) -> RowBatch:
+    """Rows fetched in binary format (``_RESULTS``) as columns. Every column is converted
+    by numpy or a C-level builtin; no Python code runs per value unless a column has nulls."""
     columns: list[Column] = []
     transposed: list[Sequence[Any]] = (
         list(zip(*rows, strict=True)) if rows else [() for _ in description]
@@ -367,32 +383,39 @@ def _batch_of(rows: Sequence[tuple[Any, ...]], description: Sequence[Any]) -> Ro
     return RowBatch(tuple(columns))
 
 
+def _null_rows(values: Sequence[Any]) -> npt.NDArray[np.uint32]:
+    if None not in values:
+        return _NO_ROWS
+    return np.array([i for i, v in enumerate(values) if v is None], dtype=np.uint32)
+
+
+def _integers(values: Sequence[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32]]:
+    """An int64 array of ``values`` with 0 in its null rows, and the null rows."""
+    nulls = _null_rows(values)
+    if len(nulls):
+        values = [0 if v is None else v for v in values]
+    return np.array(values, dtype=np.int64), nulls
+
+
 def _column_of(name: str, oid: int, values: Sequence[Any]) -> Column:
     if oid in _FLOAT_OIDS:
-        array = np.array(values, dtype=np.float64)
+        array = np.array(values, dtype=np.float64)  # None becomes NaN
         nulls = np.flatnonzero(np.isnan(array)).astype(np.uint32)
         return Column(name, ColumnKind.DOUBLE, array, null_rows=nulls)
     if oid in _INT_OIDS:
-        missing = [i for i, v in enumerate(values) if v is None]
-        if missing:
-            values = [0 if v is None else v for v in values]
-        return Column(
-            name,
-            ColumnKind.LONG,
-            np.array(values, dtype=np.int64),
-            null_rows=np.array(missing, dtype=np.uint32),
-        )
+        longs, nulls = _integers(values)
+        return Column(name, ColumnKind.LONG, longs, null_rows=nulls)
     if oid == _BOOL_OID:
         return Column(name, ColumnKind.BOOL, np.array(values, dtype=bool))
     if oid in _TIMESTAMP_OIDS:
-        stamps = np.array(values, dtype="datetime64[us]")
-        nulls = np.flatnonzero(np.isnat(stamps)).astype(np.uint32)
-        micros = stamps.view(np.int64).copy()
+        # Binary timestamps are loaded as integers: microseconds since 2000-01-01.
+        micros, nulls = _integers(values)
+        micros += _PG_EPOCH_US
         micros[nulls] = 0
         return Column(name, ColumnKind.TIMESTAMP, micros, null_rows=nulls)
-    missing = [i for i, v in enumerate(values) if v is None]
-    strings = [str(v) if v is not None else "" for v in values]
-    return Column(name, ColumnKind.STRING, strings, null_rows=np.array(missing, dtype=np.uint32))
+    nulls = _null_rows(values)
+    strings = [str(v) if v is not None else "" for v in values] if len(nulls) else list(values)
+    return Column(name, ColumnKind.STRING, strings, null_rows=nulls)
 
 
 def _rule_of(series_id: str, rule_id: str, text: str) -> DownsamplingRule | None:
