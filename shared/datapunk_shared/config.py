@@ -242,12 +242,23 @@ class CacheSettings(_Strict):
         "*/Get*",
         "*/List*",
         "*/Search*",
+        "*/BatchSearch*",
         "*/Read*",
+        "*/Count*",
+        "*/Scroll*",
+        "*/Query*",
         "*/Aggregate*",
         "*/Compute*",
+        "*/Export*",
+        "*/Verify*",
+        "*/WhoAmI",
+        "*/CheckPermission",
+        "*/IntrospectToken",
     ]
     """Methods that never change anything; every other successful call invalidates the
-    cached answers about the resource it names."""
+    cached answers about the resource it names (and the Lake and Stream publish that).
+    Every method the policy maps to the read action is one
+    (tests/unit/test_cache_read_methods.py)."""
     max_entries: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
     max_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024 * 1024)] = 64 * 1024 * 1024
     max_entry_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 1024 * 1024
