@@ -706,10 +706,21 @@ class PostgisSpatialStore:
     async def _fetch(
         self, layer_id: str, statement: bytes | sql.Composed, params: Any
     ) -> list[Any]:
+        """The rows of one read, on a connection lent in autocommit mode (what
+        ``_read_connection`` does, written out: every query pays for this path, and
+        three nested context managers cost more than the lines they save)."""
         with _engine_errors(layer_id):
-            async with self._read_connection() as conn:
+            conn = await self._pool.getconn(timeout=self._pool_timeout)
+            try:
+                await conn.set_autocommit(True)
                 cursor = await conn.execute(statement, params)
                 return await cursor.fetchall()
+            finally:
+                try:
+                    if not conn.closed:
+                        await conn.set_autocommit(False)
+                finally:
+                    await self._pool.putconn(conn)
 
 
 @contextlib.asynccontextmanager
