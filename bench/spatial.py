@@ -17,6 +17,9 @@ data, same run.
   which side goes first; the p50 difference is taken per round and the median reported.
 * **Plans**: ``EXPLAIN`` of the SQL the Lake runs and of the raw SQL must show the layer's
   geography GiST index.
+* **Floor** (no bar): p50 of the Lake's ``StatusService/GetStatus{refresh: false}`` with
+  the same credentials, what every Lake call costs before its own work, to tell the
+  spatial path's share of the p50 difference from the RPC stack's.
 
 Bars (issue 3): lake/raw load rate >= 0.8; radius and k-nearest p50 <= raw p50 + 0.5 ms;
 every plan uses the GiST index.
@@ -46,8 +49,9 @@ if __package__ in (None, ""):  # run as a script: python bench/spatial.py
 
 import grpc
 import psycopg
-from datapunk.lake.v1 import spatial_pb2
+from datapunk.lake.v1 import spatial_pb2, status_pb2
 from datapunk.lake.v1 import spatial_pb2_grpc as _spatial_grpc
+from datapunk.lake.v1 import status_pb2_grpc as _status_grpc
 from datapunk_lake.spatial.postgis import _NEAREST_FIRST, _WITHIN_FIRST, _sql
 from datapunk_shared.config import load_settings
 from psycopg import sql
@@ -66,6 +70,7 @@ __all__ = ["DESCRIPTION", "NAME", "run"]
 
 # The generated gRPC stubs are untyped; use them through Any.
 spatial_pb2_grpc: Any = _spatial_grpc
+status_pb2_grpc: Any = _status_grpc
 
 NAME = "spatial"
 DESCRIPTION = "SpatialService (bulk load, radius, k nearest) vs raw psycopg COPY/SQL on PostGIS"
@@ -167,6 +172,22 @@ async def _load_raw(pg_url: str, layer_id: str, points: list[Any]) -> float:
 async def _explain(conn: psycopg.AsyncConnection[Any], statement: Any, params: Any) -> str:
     cursor = await conn.execute(sql.SQL("EXPLAIN ") + statement, params)
     return "\n".join(row[0] for row in await cursor.fetchall())
+
+
+async def _floor(status: Any, calls: int, rounds: int) -> dict[str, Any]:
+    """p50 of the Lake's ``StatusService/GetStatus{refresh: false}`` with the same
+    credentials: what any Lake call costs before its own work (gRPC both ends, the
+    interceptors, the service token), the floor under the Lake's side of the table."""
+    request = status_pb2.GetStatusRequest(refresh=False)
+    p50s = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            await status.GetStatus(request)
+            times.append(time.perf_counter() - started)
+        p50s.append(summarize_latencies(times)["p50_us"])
+    return {"p50_us_per_round": p50s, "p50_us": statistics.median(p50s)}
 
 
 async def _latencies(
@@ -295,6 +316,8 @@ async def _run(quick: bool) -> Result:
                         flush=True,
                     )
                     latency = await _latencies(stub, conn, lake_layer, centres, rounds)
+                    status = Authed(status_pb2_grpc.StatusServiceStub(channel), service_metadata())
+                    floor = await _floor(status, queries, rounds)
             finally:
                 for layer_id in (lake_layer, raw_layer):
                     await stub.DeleteLayer(
@@ -320,6 +343,7 @@ async def _run(quick: bool) -> Result:
             ]
         )
         rows.append([f"{kind} p99", "us", data["lake"]["p99_us"], data["raw"]["p99_us"], ""])
+    rows.append(["lake floor p50 (GetStatus)", "us", floor["p50_us"], "", ""])
     bars = [
         Bar(
             "bulk load: lake/raw points per second", lake_rate / raw_rate, LOAD_RATIO_BAR, ">=", "x"
@@ -360,6 +384,7 @@ async def _run(quick: bool) -> Result:
             "k": K,
             "load_seconds": {"lake": lake_seconds, "raw": raw_seconds},
             "latency": latency,
+            "floor": floor,
             "plans": plans,
             "index_used": index_used,
         },
@@ -368,6 +393,8 @@ async def _run(quick: bool) -> Result:
             f"GeoJSON text parsed by the Lake, batches of {BATCH} each committed before its ack",
             "p50 difference: median over rounds of (lake p50 - raw p50); raw queries return "
             "the same columns (GeoJSON, properties, distance) over one psycopg connection",
+            "lake floor: StatusService/GetStatus (no engine) with the same credentials, the "
+            "cost of any Lake call before its own work; no bar",
         ],
     )
 
