@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -89,6 +88,7 @@ _TIMESTAMP_OIDS = frozenset({1114, 1184})
 _BOOL_OID = 16
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z, PostgreSQL's epoch
 _NO_ROWS: npt.NDArray[np.uint32] = np.empty(0, dtype=np.uint32)
+_NO_ROWS.setflags(write=False)  # shared by every column without nulls
 
 # Query results are fetched in binary format, with timestamps loaded by psycopg's C int8
 # loader as integers (microseconds since 2000-01-01) instead of datetime objects, which
@@ -180,34 +180,33 @@ class QuestDBEngine:
 
     # --- PG wire -----------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+    async def _rows(
+        self, statement: Statement, *, binary: bool = False, fetch: bool = True
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
+        """Run ``statement`` on a pooled connection: its rows and the name and type oid of
+        each column (none with ``fetch`` False). Written out rather than as a context
+        manager: this is on the path of every query."""
         try:
             async with (
                 self._pool.connection(timeout=_POOL_WAIT) as conn,
                 conn.cursor() as cursor,
             ):
-                yield cursor
+                await cursor.execute(statement.text, statement.params or None, binary=binary)
+                if not fetch:
+                    return [], []
+                rows = await cursor.fetchall()
+                return rows, _columns_of(cursor.pgresult)
         except PoolTimeout as exc:
             raise _unavailable("no PG-wire connection", exc) from None
         except psycopg.Error as exc:
             raise _engine_error(exc) from None
 
-    async def _rows(
-        self, statement: Statement, *, binary: bool = False
-    ) -> tuple[list[tuple[Any, ...]], list[Any]]:
-        async with self._cursor() as cursor:
-            await cursor.execute(statement.text, statement.params or None, binary=binary)
-            rows = await cursor.fetchall()
-            return rows, list(cursor.description or ())
-
     async def execute(self, statement: Statement) -> None:
-        async with self._cursor() as cursor:
-            await cursor.execute(statement.text, statement.params or None)
+        await self._rows(statement, fetch=False)
 
     async def fetch(self, statement: Statement) -> RowBatch:
-        rows, description = await self._rows(statement, binary=True)
-        return _batch_of(rows, description)
+        rows, columns = await self._rows(statement, binary=True)
+        return _batch_of(rows, columns)
 
     async def describe(self, series_id: str) -> SeriesInfo | None:
         if not is_table_name(series_id):
@@ -371,16 +370,26 @@ def _ilp_error(exc: QuestDBError, series_id: str) -> DatapunkError:
     return _unavailable("ILP/HTTP", exc)
 
 
-def _batch_of(rows: Sequence[tuple[Any, ...]], description: Sequence[Any]) -> RowBatch:
+def _columns_of(result: psycopg.pq.abc.PGresult | None) -> list[tuple[str, int]]:
+    """The name and type oid of each column of ``result`` (read straight from libpq's
+    result: cheaper than ``cursor.description``'s objects)."""
+    if result is None:
+        return []
+    return [((result.fname(i) or b"").decode(), result.ftype(i)) for i in range(result.nfields)]
+
+
+def _batch_of(rows: Sequence[tuple[Any, ...]], columns: Sequence[tuple[str, int]]) -> RowBatch:
     """Rows fetched in binary format (``_RESULTS``) as columns. Every column is converted
     by numpy or a C-level builtin; no Python code runs per value unless a column has nulls."""
-    columns: list[Column] = []
     transposed: list[Sequence[Any]] = (
-        list(zip(*rows, strict=True)) if rows else [() for _ in description]
+        list(zip(*rows, strict=True)) if rows else [() for _ in columns]
     )
-    for column, values in zip(description, transposed, strict=True):
-        columns.append(_column_of(column.name, column.type_code, values))
-    return RowBatch(tuple(columns))
+    return RowBatch(
+        tuple(
+            _column_of(name, oid, values)
+            for (name, oid), values in zip(columns, transposed, strict=True)
+        )
+    )
 
 
 def _null_rows(values: Sequence[Any]) -> npt.NDArray[np.uint32]:
@@ -391,16 +400,19 @@ def _null_rows(values: Sequence[Any]) -> npt.NDArray[np.uint32]:
 
 def _integers(values: Sequence[Any]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32]]:
     """An int64 array of ``values`` with 0 in its null rows, and the null rows."""
-    nulls = _null_rows(values)
-    if len(nulls):
-        values = [0 if v is None else v for v in values]
-    return np.array(values, dtype=np.int64), nulls
+    try:
+        return np.array(values, dtype=np.int64), _NO_ROWS
+    except TypeError:  # a None among them
+        nulls = _null_rows(values)
+        return np.array([0 if v is None else v for v in values], dtype=np.int64), nulls
 
 
 def _column_of(name: str, oid: int, values: Sequence[Any]) -> Column:
     if oid in _FLOAT_OIDS:
-        array = np.array(values, dtype=np.float64)  # None becomes NaN
-        nulls = np.flatnonzero(np.isnan(array)).astype(np.uint32)
+        # QuestDB sends its null double (NaN) as NULL, which becomes NaN here.
+        array = np.array(values, dtype=np.float64)
+        missing = np.isnan(array)
+        nulls = np.flatnonzero(missing).astype(np.uint32) if missing.any() else _NO_ROWS
         return Column(name, ColumnKind.DOUBLE, array, null_rows=nulls)
     if oid in _INT_OIDS:
         longs, nulls = _integers(values)
