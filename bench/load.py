@@ -34,9 +34,9 @@ GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
 PROTOSET = REPO_ROOT / "gen" / "descriptors" / "datapunk.binpb"
 
 # When its duration is up ghz closes its connection under the calls still in flight (at
-# most one per worker); those fail with this message, ghz's own artefact, not a server
-# error.
-_CUT_OFF = "use of closed network connection"
+# most one per worker); those fail with one of these messages (the second when ghz
+# cancels a call it had not yet sent), ghz's own artefact, not a server error.
+_CUT_OFF = ("use of closed network connection", "grpc: the client connection is closing")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def run_ghz(
     errors = sum(
         int(count)
         for message, count in (report.get("errorDistribution") or {}).items()
-        if _CUT_OFF not in message
+        if not any(cut_off in message for cut_off in _CUT_OFF)
     )
     return GhzRun(ok=ok, errors=errors, seconds=report["total"] / 1e9, latency_us=latency_us)
 
