@@ -13,7 +13,9 @@ use the same collection configuration (HNSW m=16, ef_construct=100, full-scan th
   synchronous grpc stub, one call in flight; every call carries what Nexus sends (its
   service token and the client it acts for).
 
-Recall@10 is computed against exact search (numpy). The search ef is the smallest of
+The table also has CPU time: the benchmark process's for raw, the Lake process's (all its
+threads) for the Lake, per point or per search; less disturbed by the machine's other
+work than wall time. Recall@10 is computed against exact search (numpy). The search ef is the smallest of
 64/128/256 at which raw qdrant-edge reaches recall 0.95; the Lake searches with the same
 ef. Search rounds alternate between raw and lake; the p50 difference is the median over
 rounds.
@@ -26,6 +28,7 @@ unfiltered QPS.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
 import sys
@@ -48,6 +51,7 @@ from bench.common import (
     Result,
     closed_engines,
     main_with_quick,
+    process_cpu_seconds,
     running_lake,
     service_metadata,
     summarize_latencies,
@@ -191,6 +195,22 @@ def _lake_search(
     return found, latencies
 
 
+def _lake_pid() -> int:
+    """The pid of the ``datapunk-lake`` this process started (for its CPU time)."""
+    mine = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if parent == mine and b"datapunk-lake" in command:
+            return int(entry.name)
+    raise RuntimeError("the Lake this benchmark started is not among its children")
+
+
 def _lake_floor(stub: Any, collection: str, calls: int) -> list[float]:
     """Latencies of ``GetCollection``: the same client, channel, metadata and server
     edges as a search, no engine work. The part of the search p50 above raw qdrant-edge
@@ -249,9 +269,20 @@ def run(quick: bool = False) -> Result:
                     ),
                 )
             )
+            lake_pid = _lake_pid()
+            cpu = time.process_time()
             raw_rate = raw.upsert(data)
+            raw_upsert_cpu = time.process_time() - cpu
+            cpu, server = time.process_time(), process_cpu_seconds(lake_pid)
             lake_rate = asyncio.run(_lake_import(address, collection, data))
+            client_upsert_cpu = time.process_time() - cpu
+            lake_upsert_cpu = process_cpu_seconds(lake_pid) - server
             details["upsert_points_per_s"] = {"raw": raw_rate, "lake": lake_rate}
+            details["upsert_cpu_us_per_point"] = {
+                "raw": raw_upsert_cpu / n * 1e6,
+                "lake_server": lake_upsert_cpu / n * 1e6,
+                "lake_client": client_upsert_cpu / n * 1e6,
+            }
 
             started = time.perf_counter()
             raw.shard.optimize()
@@ -298,10 +329,15 @@ def run(quick: bool = False) -> Result:
             samples: dict[str, list[float]] = {k: [] for k in ("raw", "lake", "raw_f", "lake_f")}
             diffs: list[float] = []
             lake_recall = raw_recall = 0.0
+            raw_search_cpu = lake_search_cpu = 0.0
             for _ in range(ROUNDS):
+                cpu = time.process_time()
                 found, raw_lat = raw.search(queries, ef)
+                raw_search_cpu += time.process_time() - cpu
                 raw_recall = _recall(found, truth)
+                server = process_cpu_seconds(lake_pid)
                 found, lake_lat = _lake_search(stub, collection, queries, ef, None)
+                lake_search_cpu += process_cpu_seconds(lake_pid) - server
                 lake_recall = _recall(found, truth)
                 _, raw_f = raw.search(queries, ef, raw_filter)
                 _, lake_f = _lake_search(stub, collection, queries, ef, lake_filter)
@@ -319,8 +355,17 @@ def run(quick: bool = False) -> Result:
     qps = {k: _qps(v) for k, v in samples.items()}
     p50_diff_ms = statistics.median(diffs) * 1000
     floor_p50_ms = statistics.median(floor) * 1000
+    searches = ROUNDS * nq
+    cpu_us = {
+        "raw_upsert": raw_upsert_cpu / n * 1e6,
+        "lake_upsert": lake_upsert_cpu / n * 1e6,
+        "raw_search": raw_search_cpu / searches * 1e6,
+        "lake_search": lake_search_cpu / searches * 1e6,
+    }
     rows: list[list[Any]] = [
         ["upsert points/s (stream)", raw_rate, lake_rate, lake_rate / raw_rate],
+        ["upsert CPU us/point (lake: server)", cpu_us["raw_upsert"], cpu_us["lake_upsert"],
+         cpu_us["lake_upsert"] / cpu_us["raw_upsert"]],
         ["optimize s", raw_optimize, lake_optimize, lake_optimize / raw_optimize],
         [f"search recall@{K} (ef {ef})", raw_recall, lake_recall, lake_recall / raw_recall],
         ["search p50 ms", lat["raw"]["p50_us"] / 1000, lat["lake"]["p50_us"] / 1000,
@@ -328,6 +373,8 @@ def run(quick: bool = False) -> Result:
         ["search p99 ms", lat["raw"]["p99_us"] / 1000, lat["lake"]["p99_us"] / 1000,
          lat["lake"]["p99_us"] / lat["raw"]["p99_us"]],
         ["search QPS (1 in flight)", qps["raw"], qps["lake"], qps["lake"] / qps["raw"]],
+        ["search CPU us/call (lake: server)", cpu_us["raw_search"], cpu_us["lake_search"],
+         cpu_us["lake_search"] / cpu_us["raw_search"]],
         ["filtered p50 ms", lat["raw_f"]["p50_us"] / 1000, lat["lake_f"]["p50_us"] / 1000,
          lat["lake_f"]["p50_us"] / lat["raw_f"]["p50_us"]],
         ["filtered QPS", qps["raw_f"], qps["lake_f"], qps["lake_f"] / qps["raw_f"]],
@@ -340,6 +387,10 @@ def run(quick: bool = False) -> Result:
             "qps": qps,
             "p50_diff_ms_by_round": [d * 1000 for d in diffs],
             "unary_floor_latency_us": summarize_latencies(floor),
+            "search_cpu_us_per_call": {
+                "raw": cpu_us["raw_search"],
+                "lake_server": cpu_us["lake_search"],
+            },
         }
     )
     bars = [

@@ -28,6 +28,7 @@ from datapunk_lake.vectors.convert import (
     struct_to_dict,
 )
 from datapunk_lake.vectors.store import VectorStore
+from datapunk_lake.vectors.streams import read_ahead
 
 __all__ = ["VectorServicer"]
 
@@ -93,7 +94,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
     ) -> AsyncIterator[pb.ImportPointsResponse]:
         collection = ""
         total = 0
-        async for request in requests:
+        async for request in read_ahead(requests):
             if not collection:
                 collection = request.collection
             elif request.collection != collection:
