@@ -176,3 +176,45 @@ async def test_verified_tokens_are_remembered_until_they_expire() -> None:
     now[0] = 1006.0  # past the token's own expiry: verified again
     await authenticator.authenticate(metadata)
     assert table.calls == 2
+
+
+async def test_repeated_credentials_resolve_without_parsing_again() -> None:
+    table = TokenTable()
+    now = [1000.0]
+    table.tokens["nexus-token"] = Identity(
+        subject="service:nexus", tenant="", kind="service", expires_at=1010
+    )
+    authenticator = CallerAuthenticator(table, cache_seconds=30, clock=lambda: now[0])
+    for_client = (
+        ("authorization", "Bearer nexus-token"),
+        (ON_BEHALF_KEY, encode_on_behalf(CLIENT)),
+    )
+    first = await authenticator.authenticate(for_client)
+    assert await authenticator.authenticate(for_client) is first  # the very same identity
+    # Other on-behalf-of bytes are another identity, never the remembered one.
+    other = Identity(subject="client:other", tenant="acme", kind="client")
+    switched = await authenticator.authenticate(
+        (("authorization", "Bearer nexus-token"), (ON_BEHALF_KEY, encode_on_behalf(other)))
+    )
+    assert switched.effective.subject == "client:other"
+    assert table.calls == 1  # the token itself was verified once
+    # Within a second of the token's expiry, the identity is resolved again from the
+    # verified token, and past it the token is verified again.
+    now[0] = 1009.5
+    assert (await authenticator.authenticate(for_client)) is not first
+    now[0] = 1011.0
+    await authenticator.authenticate(for_client)
+    assert table.calls == 2
+
+
+async def test_refused_credentials_are_not_remembered() -> None:
+    table = TokenTable()
+    authenticator = CallerAuthenticator(table)
+    forged = (
+        ("authorization", "Bearer stream-token"),
+        (ON_BEHALF_KEY, encode_on_behalf(CLIENT)),
+    )
+    for _ in range(2):
+        with pytest.raises(Unauthenticated) as caught:
+            await authenticator.authenticate(forged)
+        assert caught.value.reason == "UNTRUSTED_DELEGATION"

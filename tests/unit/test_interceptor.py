@@ -8,12 +8,13 @@ from typing import Any
 
 import grpc
 import pytest
-from datapunk.lake.v1 import status_pb2, status_pb2_grpc
+from datapunk.lake.v1 import status_pb2, status_pb2_grpc, vectors_pb2
 from datapunk_shared.errors import Internal, InvalidArgument, NotFound
 from datapunk_shared.rpc.client import LakeClient, error_from_rpc_error
 from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY, DatapunkServerInterceptor
 from datapunk_shared.rpc.server import create_server
 from google.protobuf import duration_pb2
+from prometheus_client import REGISTRY, generate_latest
 
 
 class Servicer(status_pb2_grpc.StatusServiceServicer):
@@ -89,3 +90,52 @@ async def test_raw_status_details_are_parseable(address: str) -> None:
     error = error_from_rpc_error(caught.value)
     assert isinstance(error, InvalidArgument)
     assert [v.field for v in error.violations] == ["probe_timeout"]
+
+
+GET_COLLECTION = "/datapunk.lake.v1.VectorService/GetCollection"
+
+
+async def test_empty_requests_are_checked_every_time_and_counted_by_code() -> None:
+    # An empty GetCollectionRequest breaks its contract (the name pattern): the verdict of
+    # an empty message is kept per type, and must still refuse every such call.
+    async def get_collection(request: Any, context: Any) -> Any:
+        return vectors_pb2.GetCollectionResponse()
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        get_collection,
+        request_deserializer=vectors_pb2.GetCollectionRequest.FromString,
+        response_serializer=vectors_pb2.GetCollectionResponse.SerializeToString,
+    )
+    edges = DatapunkServerInterceptor("verdicts", access_log="off")
+    server, port = create_server("127.0.0.1:0", edges=edges)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "datapunk.lake.v1.VectorService", {"GetCollection": handler}
+            ),
+        )
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                GET_COLLECTION,
+                request_serializer=vectors_pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=vectors_pb2.GetCollectionResponse.FromString,
+            )
+            for _ in range(2):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(vectors_pb2.GetCollectionRequest())
+                error = error_from_rpc_error(caught.value)
+                assert isinstance(error, InvalidArgument)
+                assert [v.field for v in error.violations] == ["name"]
+            await call(vectors_pb2.GetCollectionRequest(name="collections/c1"))
+    finally:
+        await server.stop(None)
+    text = generate_latest(REGISTRY).decode()
+    labels = f'method="{GET_COLLECTION}",service="verdicts"'
+    assert f'datapunk_rpc_total{{code="INVALID_ARGUMENT",{labels}}} 2.0' in text
+    assert f'datapunk_rpc_total{{code="OK",{labels}}} 1.0' in text
+    assert f"datapunk_rpc_duration_seconds_count{{{labels}}} 3.0" in text
+    assert f'datapunk_rpc_duration_seconds_bucket{{le="+Inf",{labels}}} 3.0' in text
+    assert 'datapunk_rpc_in_flight{service="verdicts"} 0.0' in text
