@@ -27,6 +27,7 @@ from datapunk_lake.timeseries.domain import (
     Ttl,
     TtlUnit,
 )
+from datapunk_lake.timeseries.questdb import _batch_of
 from datapunk_lake.timeseries.validation import check_batch
 from datapunk_shared.errors import FailedPrecondition, InvalidArgument
 
@@ -196,3 +197,39 @@ def test_page_tokens_are_bound_to_their_query() -> None:
     with pytest.raises(InvalidArgument):
         paging.page_size(2000, 1000)
     assert paging.page_size(0, 500) == 500
+
+
+def test_binary_results_become_columns_with_their_nulls() -> None:
+    """Rows as psycopg loads QuestDB's binary results (timestamps as microseconds since
+    2000-01-01, nulls as None) become typed columns with their null rows."""
+    pg_epoch = 946_684_800_000_000
+    rows = [
+        (1_704_067_200_000_000 - pg_epoch, "a", 1.5, 7, True, None),
+        (1_704_067_201_000_000 - pg_epoch, None, None, None, False, 5 - pg_epoch),
+    ]
+    columns = [("ts", 1114), ("host", 1043), ("usage", 701), ("n", 20), ("ok", 16), ("seen", 1114)]
+    batch = _batch_of(rows, columns)
+    by_name = {c.name: c for c in batch.columns}
+    assert [c.kind for c in batch.columns] == [
+        ColumnKind.TIMESTAMP, ColumnKind.STRING, ColumnKind.DOUBLE,
+        ColumnKind.LONG, ColumnKind.BOOL, ColumnKind.TIMESTAMP,
+    ]  # fmt: skip
+    assert list(by_name["ts"].values) == [1_704_067_200_000_000, 1_704_067_201_000_000]
+    assert list(by_name["ts"].null_rows) == []
+    assert by_name["host"].values == ["a", ""]
+    assert list(by_name["host"].null_rows) == [1]
+    assert list(by_name["usage"].null_rows) == [1]
+    assert by_name["usage"].values[0] == 1.5
+    assert list(by_name["n"].values) == [7, 0]
+    assert list(by_name["n"].null_rows) == [1]
+    assert list(by_name["ok"].values) == [True, False]
+    assert list(by_name["seen"].values) == [0, 5]
+    assert list(by_name["seen"].null_rows) == [0]
+
+
+def test_an_empty_result_keeps_its_columns() -> None:
+    batch = _batch_of([], [("ts", 1114), ("usage", 701)])
+    assert [(c.name, c.kind, len(c)) for c in batch.columns] == [
+        ("ts", ColumnKind.TIMESTAMP, 0),
+        ("usage", ColumnKind.DOUBLE, 0),
+    ]
