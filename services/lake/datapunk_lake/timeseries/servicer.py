@@ -242,8 +242,11 @@ def batch_in(rows: pb.RowBatch) -> RowBatch:
     return RowBatch(tuple(columns))
 
 
-def batch_out(batch: RowBatch) -> pb.RowBatch:
-    message = pb.RowBatch()
+def batch_out(batch: RowBatch, message: pb.RowBatch | None = None) -> pb.RowBatch:
+    """``batch`` as protobuf, written into ``message`` (a response's own field, so the
+    rows are not copied once more) or into a new RowBatch."""
+    if message is None:
+        message = pb.RowBatch()
     for column in batch.columns:
         out = message.columns.add(name=column.name)
         values = column.values
@@ -397,7 +400,9 @@ class TimeSeriesServicer(_grpc.TimeSeriesServiceServicer):  # type: ignore[misc]
             page_size=request.page_size,
         )
         batch, token = await self.store.read_range(query, request.page_token)
-        return pb.ReadRowsResponse(rows=batch_out(batch), next_page_token=token)
+        response = pb.ReadRowsResponse(next_page_token=token)
+        batch_out(batch, response.rows)
+        return response
 
     async def AggregateRows(
         self, request: pb.AggregateRowsRequest, context: Any
@@ -415,7 +420,9 @@ class TimeSeriesServicer(_grpc.TimeSeriesServiceServicer):  # type: ignore[misc]
             page_size=request.page_size,
         )
         batch, token = await self.store.aggregate(query, request.page_token)
-        return pb.AggregateRowsResponse(rows=batch_out(batch), next_page_token=token)
+        response = pb.AggregateRowsResponse(next_page_token=token)
+        batch_out(batch, response.rows)
+        return response
 
     async def ReadLatest(
         self, request: pb.ReadLatestRequest, context: Any
@@ -429,7 +436,9 @@ class TimeSeriesServicer(_grpc.TimeSeriesServiceServicer):  # type: ignore[misc]
             page_size=request.page_size,
         )
         batch, token = await self.store.latest(query, request.page_token)
-        return pb.ReadLatestResponse(rows=batch_out(batch), next_page_token=token)
+        response = pb.ReadLatestResponse(next_page_token=token)
+        batch_out(batch, response.rows)
+        return response
 
     async def CreateDownsamplingRule(
         self, request: pb.CreateDownsamplingRuleRequest, context: Any
