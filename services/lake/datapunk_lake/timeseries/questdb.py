@@ -423,7 +423,8 @@ def _column_of(name: str, oid: int, values: Sequence[Any]) -> Column:
         # Binary timestamps are loaded as integers: microseconds since 2000-01-01.
         micros, nulls = _integers(values)
         micros += _PG_EPOCH_US
-        micros[nulls] = 0
+        if len(nulls):
+            micros[nulls] = 0
         return Column(name, ColumnKind.TIMESTAMP, micros, null_rows=nulls)
     nulls = _null_rows(values)
     strings = [str(v) if v is not None else "" for v in values] if len(nulls) else list(values)

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from datapunk_shared.auth.tenancy import TenantNamespace, current_namespace
@@ -297,8 +298,7 @@ class TSStore:
         _check_columns(schema, query.columns, "columns")
         _check_filters(schema, query.tag_filters, query.field_filters)
         size = paging.page_size(query.page_size, self.settings.max_page_size)
-        identity = paging.fingerprint(dataclasses.replace(query, page_size=0))
-        position = paging.decode_token(page_token, "range", identity)
+        position = _position(page_token, "range", query)
         cursor = int(position["ts"]) if position else None
         skip = int(position["skip"]) if position else 0
         statement = sql.range_page(_stored(schema, table), query, cursor, skip, size + 1)
@@ -311,19 +311,18 @@ class TSStore:
         last = int(stamps[-1])
         at_last = int(np.count_nonzero(stamps == last))
         next_skip = skip + at_last if cursor == last else at_last
-        return batch, paging.encode_token("range", identity, ts=last, skip=next_skip)
+        return batch, paging.encode_token("range", _identity(query), ts=last, skip=next_skip)
 
     async def aggregate(self, query: AggregateQuery, page_token: str) -> tuple[RowBatch, str]:
         namespace, table = self._resolve(query.series_id)
         schema = (await self._info(namespace, table, query.series_id, fresh=False)).schema
         _check_aggregate(schema, query)
         size = paging.page_size(query.page_size, self.settings.max_page_size)
-        identity = paging.fingerprint(dataclasses.replace(query, page_size=0))
-        position = paging.decode_token(page_token, "aggregate", identity)
+        position = _position(page_token, "aggregate", query)
         offset = int(position["offset"]) if position else 0
         statement = sql.aggregate(_stored(schema, table), query, offset, size + 1)
         batch = await self._fetch(namespace, statement)
-        return self._offset_page(batch, size, "aggregate", identity, offset)
+        return self._offset_page(batch, size, "aggregate", query, offset)
 
     async def latest(self, query: LatestQuery, page_token: str) -> tuple[RowBatch, str]:
         namespace, table = self._resolve(query.series_id)
@@ -332,20 +331,19 @@ class TSStore:
         _check_tags(schema, query.partition_by, "partition_by")
         _check_filters(schema, query.tag_filters, ())
         size = paging.page_size(query.page_size, self.settings.max_page_size)
-        identity = paging.fingerprint(dataclasses.replace(query, page_size=0))
-        position = paging.decode_token(page_token, "latest", identity)
+        position = _position(page_token, "latest", query)
         offset = int(position["offset"]) if position else 0
         statement = sql.latest(_stored(schema, table), query, offset, size + 1)
         batch = await self._fetch(namespace, statement)
-        return self._offset_page(batch, size, "latest", identity, offset)
+        return self._offset_page(batch, size, "latest", query, offset)
 
     @staticmethod
     def _offset_page(
-        batch: RowBatch, size: int, kind: str, identity: str, offset: int
+        batch: RowBatch, size: int, kind: str, query: AggregateQuery | LatestQuery, offset: int
     ) -> tuple[RowBatch, str]:
         if batch.row_count <= size:
             return batch, ""
-        return _head(batch, size), paging.encode_token(kind, identity, offset=offset + size)
+        return _head(batch, size), paging.encode_token(kind, _identity(query), offset=offset + size)
 
     # --- downsampling rules ------------------------------------------------------------
 
@@ -424,6 +422,19 @@ class TSStore:
         with namespace.logical_errors():
             await self.engine.execute(sql.drop_view(view))
         self._cache.pop(view, None)
+
+
+def _identity(query: RangeQuery | AggregateQuery | LatestQuery) -> str:
+    """The fingerprint page tokens carry: the query without its page size. Computed only
+    when a token is read or made (hashing the query's repr is not free)."""
+    return paging.fingerprint(dataclasses.replace(query, page_size=0))
+
+
+def _position(
+    page_token: str, kind: str, query: RangeQuery | AggregateQuery | LatestQuery
+) -> dict[str, Any] | None:
+    """Where ``page_token`` resumes ``query`` (None without a token)."""
+    return paging.decode_token(page_token, kind, _identity(query)) if page_token else None
 
 
 def _named(info: SeriesInfo, series_id: str) -> SeriesInfo:
