@@ -73,7 +73,7 @@ DESCRIPTION = "unary GetStatus through the Stream service (all interceptors) vs 
 METHOD = "datapunk.stream.v1.StatusService/GetStatus"
 SERVICE_BIN = BIN / "datapunk-stream"
 
-ROUNDS = 3
+ROUNDS = 5
 THROUGHPUT_CONCURRENCY = 16
 THROUGHPUT_SECONDS = 3.0
 LATENCY_SECONDS = 2.0
