@@ -250,3 +250,41 @@ async def test_tracing_is_off_by_default_and_exports_spans_when_configured(
                 await client.get_status()
         log = service.log()
         assert (f'"name": "{method}"' in log) is expect_span, exporter
+
+
+def test_a_configuration_problem_found_at_setup_refuses_to_start_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """The settings load, but a file they name is missing: found while the Nexus sets up
+    (its Envoy listener), and refused like an invalid setting (exit 2, the reason on
+    stderr) at once, not with a traceback, and not after hanging on what setup had
+    already opened."""
+    from tests.auth_support import issuer
+    from tests.support import BIN, nexus_test_database, service_env
+
+    missing = tmp_path / "absent.crt"
+    env = service_env(
+        "nexus",
+        free_port(),
+        free_port(),
+        {
+            **issuer().env(),
+            "DATAPUNK_ENGINES__POSTGRES__URL": nexus_test_database(),
+            "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(free_port()),
+            "DATAPUNK_NEXUS__REST__PORT": str(free_port()),
+            "DATAPUNK_NEXUS__ENVOY_SERVICES__ENABLED": "true",
+            "DATAPUNK_NEXUS__ENVOY_SERVICES__PORT": str(free_port()),
+            "DATAPUNK_NEXUS__ENVOY_SERVICES__TLS_CERT": str(missing),
+            "DATAPUNK_NEXUS__ENVOY_SERVICES__CLIENT_CA": str(missing),
+        },
+    )
+    # A pool still connecting when setup failed kept the process from exiting: the
+    # timeout catches that.
+    result = subprocess.run(
+        [str(BIN / "datapunk-nexus")], env=env, capture_output=True, timeout=60, check=False
+    )
+    stderr = result.stderr.decode()
+    returncode = result.returncode
+    assert returncode == 2, stderr
+    assert str(missing) in stderr
+    assert "Traceback" not in stderr

@@ -159,7 +159,14 @@ async def serve(
     context = ServiceContext(settings=settings, service_settings=own, server=server)
     context.cleanups.append(verifier.aclose)
     if spec.setup is not None:
-        await spec.setup(context)
+        try:
+            await spec.setup(context)
+        except BaseException:
+            # What setup opened so far (pools still connecting, background tasks) is
+            # closed now: left to asyncio.run's final cancellation, a pool retrying its
+            # connections kept the refusing process from ever exiting.
+            await _run_cleanups(context.cleanups)
+            raise
 
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -217,9 +224,17 @@ async def serve(
         await monitor.drain()
         await health.enter_graceful_shutdown()
         await server.stop(own.shutdown_grace)
-        for cleanup in reversed(context.cleanups):
-            await cleanup()
+        await _run_cleanups(context.cleanups)
         log.info("stopped")
+
+
+async def _run_cleanups(cleanups: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``cleanups`` newest first; one failing does not keep the others from running."""
+    for cleanup in reversed(cleanups):
+        try:
+            await cleanup()
+        except Exception:
+            log.exception("a cleanup failed")
 
 
 def main_for(spec: ServiceSpec) -> Callable[[], None]:
@@ -238,5 +253,11 @@ def main_for(spec: ServiceSpec) -> Callable[[], None]:
             log.error("port in use", error=str(exc))
             print(f"datapunk-{spec.name}: {exc}", file=sys.stderr)
             raise SystemExit(EXIT_PORT_IN_USE) from None
+        except ConfigError as exc:
+            # Found while setting up (a secret or file the configuration names), after
+            # the settings themselves loaded: the same refusal, not a traceback.
+            log.error("invalid configuration", error=exc.message)
+            print(f"datapunk-{spec.name}: {exc.message}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
 
     return main
