@@ -583,8 +583,11 @@ def internal_reader_role() -> Any:
     )
 
 
-def label(resource: str, level: T.Classification) -> Any:
-    return T.LabelResourceRequest(label=T.ResourceLabel(resource=resource, classification=level))
+def label(resource: str, level: int) -> Any:
+    """A LabelResourceRequest; ``level`` may be a number no Classification has."""
+    request = T.LabelResourceRequest(label=T.ResourceLabel(resource=resource))
+    request.label.classification = level  # type: ignore[assignment]  # undefined ones too
+    return request
 
 
 async def test_labels_decide_what_classification_conditions_reach(served: Served) -> None:
