@@ -33,6 +33,19 @@ def test_template_with_a_resource_pattern_and_a_verb() -> None:
     )
 
 
+def test_openapi_parameters_of_wildcards_without_a_literal_of_their_own_are_unique() -> None:
+    labels = PathTemplate.parse("/v1/nexus/policy/labels/{label.resource=*/*}")
+    assert labels.match("/v1/nexus/policy/labels/collection/docs") == {
+        "label.resource": "collection/docs"
+    }
+    assert labels.openapi() == (
+        "/v1/nexus/policy/labels/{labelResource}/{labelResource2}",
+        [("labelResource", "label.resource", ""), ("labelResource2", "label.resource", "")],
+    )
+    twice = PathTemplate.parse("/v1/{name=shelves/*/*}")
+    assert twice.openapi()[0] == "/v1/shelves/{shelvesId}/{name}"
+
+
 def test_template_with_nested_field_multi_wildcards_and_double_star() -> None:
     nested = PathTemplate.parse("/v1/{item.name=shelves/*/items/*}")
     assert nested.match("/v1/shelves/a/items/b") == {"item.name": "shelves/a/items/b"}

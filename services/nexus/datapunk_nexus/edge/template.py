@@ -113,9 +113,13 @@ class PathTemplate:
 
         OpenAPI path parameters cannot hold a ``/``, so a variable such as
         ``{name=collections/*}`` becomes ``collections/{collectionsId}``: each wildcard is
-        its own parameter, named after the literal before it."""
+        its own parameter, named after the literal before it. A wildcard with no literal
+        of its own before it (``{label.resource=*/*}``) is named after the field in
+        lowerCamelCase (``labelResource``: OpenAPI tools read dots in a parameter name as
+        nesting), numbered from the second one on, so that every name stays unique."""
         out: list[str] = []
         params: list[tuple[str, str, str]] = []
+        used: set[str] = set()
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
@@ -123,14 +127,26 @@ class PathTemplate:
             previous = ""
             for segment in part.segments:
                 if segment in ("*", "**"):
-                    name = f"{previous}Id" if previous else part.field_path
+                    base = f"{previous}Id" if previous else _camel(part.field_path)
+                    name, number = base, 1
+                    while name in used:
+                        number += 1
+                        name = f"{base}{number}"
+                    used.add(name)
                     params.append((name, part.field_path, previous))
                     out.append("{" + name + "}")
+                    previous = ""
                 else:
                     out.append(segment)
                     previous = segment
         path = "/" + "/".join(out) + (f":{self.verb}" if self.verb else "")
         return path, params
+
+
+def _camel(field_path: str) -> str:
+    """``label.resource_name`` -> ``labelResourceName``."""
+    words = field_path.replace(".", "_").split("_")
+    return words[0] + "".join(word[:1].upper() + word[1:] for word in words[1:])
 
 
 def _split_segments(body: str, text: str) -> list[str]:
