@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -82,7 +81,7 @@ from bench.common import (
     temporary_database,
     wait_grpc,
 )
-from bench.load import GHZ, PROTOSET, run_ghz
+from bench.load import GHZ, PROTOSET, run_ghz, run_wrk
 from tests.auth_support import issuer
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
@@ -286,50 +285,15 @@ def _ghz(
     return done.ok / done.seconds, done.percentile_us(50), done.percentile_us(99), done.errors
 
 
-_WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
-_WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
-
-
-def _wrk(
-    path: CallPath, port: int, seconds: float, workdir: Path
-) -> tuple[float, float, float, int]:
+def _wrk(path: CallPath, port: int, seconds: float) -> tuple[float, float, float, int]:
     """qps, p50 us, p99 us, errors (non-2xx answers and socket errors)."""
-    # The credential goes in a script file of this user's, never on wrk's command line.
-    script = workdir / "headers.lua"
-    script.write_text(
-        "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in _credentials(path))
+    done = run_wrk(
+        f"http://127.0.0.1:{port}{path.call}",
+        concurrency=CONCURRENCY,
+        seconds=seconds,
+        headers=_credentials(path),
     )
-    done = subprocess.run(
-        [
-            "wrk",
-            "--latency",
-            "--script",
-            str(script),
-            "-t",
-            "1",
-            "-c",
-            str(CONCURRENCY),
-            "-d",
-            f"{max(1, round(seconds))}s",
-            f"http://127.0.0.1:{port}{path.call}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    )
-    report = done.stdout
-    latency = {int(q): float(v) * _UNIT_US[u] for q, v, u in _WRK_LATENCY.findall(report)}
-    rps = _WRK_RPS.search(report)
-    non_2xx = _WRK_NON_2XX.search(report)
-    socket = _WRK_SOCKET.search(report)
-    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in socket.groups()) if socket else 0
-    )
-    return float(rps.group(1)) if rps else 0.0, latency[50], latency[99], errors
+    return done.qps, done.p50_us, done.p99_us, done.errors
 
 
 def _measure(
@@ -338,7 +302,7 @@ def _measure(
     port = procs.ports[path.target]
     cpu = process_cpu_seconds(procs.nexus_pid)
     load: Callable[[], tuple[float, float, float, int]] = (
-        (lambda: _wrk(path, port, seconds, workdir))
+        (lambda: _wrk(path, port, seconds))
         if path.tool == "wrk"
         else (lambda: _ghz(path, port, seconds, workdir))
     )

@@ -20,8 +20,6 @@ Bars (issue 4): REST QPS >= 0.5 x direct gRPC QPS; REST p50 - gRPC p50 <= 1 ms."
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -50,7 +48,7 @@ from bench.common import (
     temporary_database,
     wait_until,
 )
-from bench.load import GHZ, run_ghz
+from bench.load import GHZ, run_ghz, run_wrk
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
 
@@ -134,67 +132,26 @@ def _processes(workdir: Path) -> Iterator[tuple[int, int, int]]:
                 stop_process(process)
 
 
-def _wrk_script(workdir: Path) -> Path:
-    """A wrk script that sends the API key with every request (in a file of this
-    user's, not on wrk's command line where anyone sees it)."""
-    script = workdir / "api_key.lua"
-    # A JSON string of ASCII text is a Lua string literal too.
-    headers = "".join(
-        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in api_key_metadata()
-    )
-    script.write_text(headers)
-    return script
-
-
-_WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
-_WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_WRK_SOCKET_ERRORS = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
-)
-_UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
-
-
-def _wrk_errors(report: str) -> int:
-    """Failed requests in a wrk report: non-2xx/3xx answers plus socket errors (connect,
-    read, write, timeout); wrk prints each line only when its count is not zero."""
-    non_2xx = _WRK_NON_2XX.search(report)
-    socket_errors = _WRK_SOCKET_ERRORS.search(report)
-    return (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
-    )
-
-
-def _wrk(
-    port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int, script: Path
-) -> Measurement:
+def _wrk(port: int, concurrency: int, seconds: int, rnd: int, nexus_pid: int) -> Measurement:
     cpu = process_cpu_seconds(nexus_pid)
-    done = subprocess.run(
-        [
-            "wrk",
-            "--latency",
-            "--script",
-            str(script),
-            "-t",
-            "1",
-            "-c",
-            str(concurrency),
-            "-d",
-            f"{seconds}s",
-            f"http://127.0.0.1:{port}{PATH}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
+    done = run_wrk(
+        f"http://127.0.0.1:{port}{PATH}",
+        concurrency=concurrency,
+        seconds=seconds,
+        headers=api_key_metadata(),
     )
     cpu = process_cpu_seconds(nexus_pid) - cpu
-    latency = {int(q): float(v) * _UNIT_US[u] for q, v, u in _WRK_LATENCY.findall(done.stdout)}
-    qps = float(_WRK_RPS.search(done.stdout).group(1))  # type: ignore[union-attr]
-    errors = _wrk_errors(done.stdout)
-    calls = max(qps * seconds, 1)
+    calls = max(done.qps * seconds, 1)
     return Measurement(
-        "rest", "wrk", concurrency, rnd, qps, latency[50], latency[99], errors, cpu / calls * 1e6
+        "rest",
+        "wrk",
+        concurrency,
+        rnd,
+        done.qps,
+        done.p50_us,
+        done.p99_us,
+        done.errors,
+        cpu / calls * 1e6,
     )
 
 
@@ -223,8 +180,7 @@ def run() -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-edge-"))
     try:
         with _processes(workdir) as (lake_port, rest_port, nexus_pid):
-            script = _wrk_script(workdir)
-            _wrk(rest_port, 4, 1, 0, nexus_pid, script)  # warm-up
+            _wrk(rest_port, 4, 1, 0, nexus_pid)  # warm-up
             _ghz(lake_port, 4, 1, 0)
             for rnd in range(1, ROUNDS + 1):
                 for concurrency, seconds in (
@@ -232,9 +188,7 @@ def run() -> Result:
                     (THROUGHPUT_CONCURRENCY, THROUGHPUT_SECONDS),
                 ):
                     pair = [
-                        lambda c=concurrency, s=seconds, r=rnd: _wrk(
-                            rest_port, c, s, r, nexus_pid, script
-                        ),
+                        lambda c=concurrency, s=seconds, r=rnd: _wrk(rest_port, c, s, r, nexus_pid),
                         lambda c=concurrency, s=seconds, r=rnd: _ghz(lake_port, c, s, r),
                     ]
                     for load in pair if rnd % 2 else reversed(pair):

@@ -1,13 +1,15 @@
-"""Closed-loop load generators for a unary gRPC method: ghz (Go, a client we did not
+"""Closed-loop load generators: for a unary gRPC method ghz (Go, a client we did not
 write) and a ``grpc.aio`` Python client, each keeping N calls in flight on one connection
-for a given time. They report what they measured; what a benchmark makes of it (QPS over
-which time, CPU per call) stays in the benchmark."""
+for a given time; for an HTTP GET, wrk (C, a client we did not write). They report what
+they measured; what a benchmark makes of it (QPS over which time, CPU per call) stays in
+the benchmark."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import re
 import subprocess
 import tempfile
 import time
@@ -26,8 +28,10 @@ __all__ = [
     "GhzRun",
     "PythonRun",
     "UnaryMethod",
+    "WrkRun",
     "python_load",
     "run_ghz",
+    "run_wrk",
 ]
 
 GHZ = REPO_ROOT / "build" / "tools" / "bin" / "ghz"
@@ -112,6 +116,68 @@ def run_ghz(
         if not any(cut_off in message for cut_off in _CUT_OFF)
     )
     return GhzRun(ok=ok, errors=errors, seconds=report["total"] / 1e9, latency_us=latency_us)
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one wrk run reported."""
+
+    qps: float
+    p50_us: float
+    p99_us: float
+    errors: int
+    """Non-2xx/3xx answers plus socket errors (connect, read, write, timeout)."""
+
+
+_WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([0-9.]+)(us|ms|s)\s*$", re.M)
+_WRK_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def run_wrk(url: str, *, concurrency: int, seconds: float, headers: Metadata = ()) -> WrkRun:
+    """wrk sending GET ``url`` with ``headers`` over ``concurrency`` connections (one
+    thread) for ``seconds`` (whole seconds, at least one)."""
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as private:
+        # Credentials go in a script file of this user's, not on a command line anyone
+        # can read. A JSON string of ASCII text is a Lua string literal too.
+        script = Path(private) / "headers.lua"
+        script.write_text(
+            "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers)
+        )
+        duration = max(1, round(seconds))
+        done = subprocess.run(
+            [
+                "wrk",
+                "--latency",
+                "--script",
+                str(script),
+                "-t",
+                "1",
+                "-c",
+                str(concurrency),
+                "-d",
+                f"{duration}s",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            check=True,
+        )
+    report = done.stdout
+    latency = {int(q): float(v) * _UNIT_US[u] for q, v, u in _WRK_LATENCY.findall(report)}
+    rps = _WRK_RPS.search(report)
+    if rps is None or 50 not in latency or 99 not in latency:
+        raise RuntimeError(f"wrk printed no rate or latency: {report.strip()[:500]}")
+    # wrk prints each error line only when its count is not zero.
+    non_2xx = _WRK_NON_2XX.search(report)
+    socket = _WRK_SOCKET.search(report)
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in socket.groups()) if socket else 0
+    )
+    return WrkRun(float(rps.group(1)), latency[50], latency[99], errors)
 
 
 UnaryMethod = Callable[..., Awaitable[Any]]
