@@ -1,9 +1,16 @@
-"""The peer of the Datapunk service in ``service_overhead``: a bare ``grpc.aio`` server,
-no interceptors, no logging, no metrics (server reflection on, for ghz), serving
-``datapunk.stream.v1.StatusService`` with a fixed response (the bytes of a real Stream
-``GetStatus`` answer, read from a file).
+"""The peer of a Datapunk service in the benchmarks: a bare ``grpc.aio`` server, no
+interceptors, no logging, no metrics (server reflection on, for ghz), answering every call
+with a fixed response read from a file.
 
     python -m bench.bare_server --port PORT --response FILE
+    python -m bench.bare_server --port PORT --response FILE --method /pkg.Service/Method
+
+Without ``--method`` it serves ``datapunk.stream.v1.StatusService`` (``service_overhead``:
+the bytes of a real Stream ``GetStatus`` answer). With ``--method`` it serves that one
+unary method through a generic handler that answers the response file's bytes as they are
+(``spatial``, ``vectors``: the bytes of a real Lake answer to the same kind of call), so a
+benchmark can show what gRPC alone costs for a call of that shape and size: the request
+is received but not parsed (a few microseconds in a real server), nothing else is done.
 
 It is built by ``datapunk_shared.rpc.server.create_server`` (the services' server
 options), without interceptors or edges, and stops on SIGTERM/SIGINT."""
@@ -13,12 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 from datapunk.stream.v1 import status_pb2, status_pb2_grpc
 from datapunk_shared.rpc.server import PortInUse, create_server
 from grpc_reflection.v1alpha import reflection
+
+from bench.common import REPO_ROOT, clean_env, free_port, start_logged, stop_process, wait_grpc
 
 # The generated stubs are untyped; use them through Any.
 stream_grpc: Any = status_pb2_grpc
@@ -34,20 +47,38 @@ class BareStatusServicer(stream_grpc.StatusServiceServicer):  # type: ignore[mis
         return self.response
 
 
-async def serve(port: int, response: status_pb2.GetStatusResponse) -> None:
+def _fixed_answer(method: str, response: bytes) -> grpc.GenericRpcHandler:
+    """A handler of the unary ``method`` (``/pkg.Service/Method``) answering ``response``,
+    serialized already: no (de)serializers, so bytes go in and out as they are."""
+    service, _, name = method.lstrip("/").rpartition("/")
+
+    async def answer(request: bytes, context: Any) -> bytes:
+        return response
+
+    return grpc.method_handlers_generic_handler(
+        service, {name: grpc.unary_unary_rpc_method_handler(answer)}
+    )
+
+
+async def serve(port: int, response: bytes, method: str | None = None) -> None:
     try:
         server, _ = create_server(f"127.0.0.1:{port}")
     except PortInUse as exc:
         raise SystemExit(f"bare_server: {exc}") from None
-    stream_grpc.add_StatusServiceServicer_to_server(BareStatusServicer(response), server)
-    # Reflection lets ghz find the method without a descriptor file; it costs nothing per call.
-    reflection.enable_server_reflection(
-        [
-            status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    if method is None:
+        message = status_pb2.GetStatusResponse.FromString(response)
+        stream_grpc.add_StatusServiceServicer_to_server(BareStatusServicer(message), server)
+        # Reflection lets ghz find the method without a descriptor file; it costs nothing
+        # per call.
+        reflection.enable_server_reflection(
+            [
+                status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+    else:
+        server.add_generic_rpc_handlers((_fixed_answer(method, response),))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,13 +90,47 @@ async def serve(port: int, response: status_pb2.GetStatusResponse) -> None:
         await server.stop(1.0)
 
 
+@contextmanager
+def running_bare_server(method: str, response: bytes, workdir: Path) -> Iterator[int]:
+    """A bare server on a free loopback port answering ``method`` (``/pkg.Service/Method``)
+    with ``response`` (serialized); yields its port once it answers, stops it on the way
+    out. Its log is ``workdir/bare.log``."""
+    answer = workdir / "bare-response.bin"
+    answer.write_bytes(response)
+    port = free_port()
+    log = workdir / "bare.log"
+    command = [sys.executable, "-m", "bench.bare_server", "--port", str(port)]
+    command += ["--response", str(answer), "--method", method]
+    process = start_logged(
+        command,
+        env=clean_env(),
+        log=log,
+        cwd=REPO_ROOT,
+    )
+
+    def probe(channel: grpc.Channel) -> None:
+        call: Any = channel.unary_unary(method)
+        got = call(b"", timeout=1.0)
+        if got != response:
+            raise RuntimeError("the bare server does not answer what it was given")
+
+    try:
+        wait_grpc(process, f"127.0.0.1:{port}", what="the bare server", probe=probe, log=log)
+        yield port
+    finally:
+        stop_process(process)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--response", type=Path, required=True)
+    parser.add_argument(
+        "--method",
+        help="serve only this unary method (/pkg.Service/Method) with the response's bytes",
+    )
     args = parser.parse_args()
-    response = status_pb2.GetStatusResponse.FromString(args.response.read_bytes())
-    asyncio.run(serve(args.port, response))
+    asyncio.run(serve(args.port, args.response.read_bytes(), args.method))
 
 
 if __name__ == "__main__":

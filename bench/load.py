@@ -54,6 +54,10 @@ class GhzRun:
     """ghz's own total time of the run."""
     latency_us: dict[int, float]
     """Latency percentiles by percentage (10, 25, 50, 75, 90, 95, 99), microseconds."""
+    latencies: tuple[float, ...] = ()
+    """Seconds, one per call that succeeded, in the order they were made (the calls
+    ``skip_first`` left out not included), for percentiles computed as the benchmark
+    computes its peer's."""
 
     def percentile_us(self, q: int) -> float:
         return self.latency_us.get(q, math.nan)
@@ -64,16 +68,31 @@ def run_ghz(
     method: str,
     *,
     concurrency: int,
-    seconds: float,
+    seconds: float | None = None,
+    total: int | None = None,
+    skip_first: int = 0,
     protoset: Path | None = PROTOSET,
     metadata: Metadata = (),
     data: Any = None,
 ) -> GhzRun:
     """ghz calling ``method`` with ``data`` (proto3 JSON of the request; ``{}`` when None)
-    and ``metadata`` on 127.0.0.1:``port`` for ``seconds``, ``concurrency`` workers on one
-    connection; the schema from ``protoset``, or from server reflection when that is
-    None."""
+    and ``metadata`` on 127.0.0.1:``port`` for ``seconds``, or for ``total`` calls, with
+    ``concurrency`` workers on one connection; the schema from ``protoset``, or from server
+    reflection when that is None.
+
+    ``data`` may be a list of requests: ghz sends them in turn, the n-th call the
+    (n mod len)-th request (templates are not expanded then: the requests are sent as
+    they are). ``skip_first`` calls are made but left out of the report (a warm-up)."""
+    if (seconds is None) == (total is None):
+        raise ValueError("give either seconds or total")
     schema = ["--protoset", str(protoset)] if protoset is not None else []
+    amount = ["--duration", f"{seconds}s"] if seconds is not None else ["--total", str(total)]
+    if isinstance(data, list):
+        amount.append("--disable-template-data")
+    if skip_first:
+        amount += ["--skipFirst", str(skip_first)]
+    # A fixed number of calls takes as long as it takes: allow a generous 50 ms a call.
+    limit = (seconds if seconds is not None else 0.05 * (total or 0)) + 30
     with tempfile.TemporaryDirectory(prefix="bench-ghz-") as private:
         # Credentials go in a file of this user's, not on a command line anyone can read.
         headers = Path(private) / "metadata.json"
@@ -95,13 +114,12 @@ def run_ghz(
             str(concurrency),
             "--connections",
             "1",
-            "--duration",
-            f"{seconds}s",
+            *amount,
             "--format",
             "json",
             f"127.0.0.1:{port}",
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
     if done.returncode != 0 and not done.stdout.strip():
         raise RuntimeError(f"ghz failed ({done.returncode}): {done.stderr.strip()}")
     report = json.loads(done.stdout)
@@ -115,7 +133,16 @@ def run_ghz(
         for message, count in (report.get("errorDistribution") or {}).items()
         if not any(cut_off in message for cut_off in _CUT_OFF)
     )
-    return GhzRun(ok=ok, errors=errors, seconds=report["total"] / 1e9, latency_us=latency_us)
+    latencies = tuple(
+        call["latency"] / 1e9 for call in report.get("details") or [] if call.get("status") == "OK"
+    )
+    return GhzRun(
+        ok=ok,
+        errors=errors,
+        seconds=report["total"] / 1e9,
+        latency_us=latency_us,
+        latencies=latencies,
+    )
 
 
 @dataclass(frozen=True)
