@@ -20,6 +20,11 @@ services trust the bench's issuer; the Nexus keeps its schema and keys in a temp
 database on the configured PostgreSQL (``temporary_database``), the Lake's engines point
 at closed ports.
 
+A third path is a reference, not a bar: ``bench/bare_proxy.py``, a ``grpc.aio``
+pass-through doing nothing but forward bytes and metadata, in front of the same Lake. Its
+ratio to direct is what any Python ``grpc.aio`` proxy can reach on this machine (one
+server side and one client side per call, on cores the load generator and the Lake share).
+
 Bar (issue 4): entry QPS >= 0.7 x direct QPS, for each load generator.
 """
 
@@ -29,6 +34,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +47,7 @@ from datapunk.lake.v1 import status_pb2, status_pb2_grpc
 
 from bench.common import (
     BIN,
+    REPO_ROOT,
     Bar,
     Metadata,
     Result,
@@ -75,7 +82,7 @@ CONCURRENCY = 16
 SECONDS = 3.0
 WARMUP_SECONDS = 1.0
 QPS_RATIO_BAR = 0.7
-PATHS = ("entry", "direct")
+PATHS = ("entry", "direct", "bare_proxy")
 
 
 @dataclass(frozen=True)
@@ -90,17 +97,23 @@ class Measurement:
     p99_us: float
     lake_cpu_us_per_call: float
     entry_cpu_us_per_call: float
-    """CPU of the Nexus process (where the entry runs) per call; ~0 on the direct path."""
+    """CPU per call of the process in front of the Lake: Nexus on the entry path, the bare
+    proxy on its path; ~0 on the direct path."""
 
 
 @dataclass
 class Processes:
     ports: dict[str, int]
     lake_pid: int
-    nexus_pid: int
+    front_pids: dict[str, int]
+    """The process in front of the Lake, by path."""
 
-    def cpu(self) -> tuple[float, float]:
-        return process_cpu_seconds(self.lake_pid), process_cpu_seconds(self.nexus_pid)
+    def cpu(self, path: str) -> tuple[float, float]:
+        front = self.front_pids.get(path)
+        return (
+            process_cpu_seconds(self.lake_pid),
+            process_cpu_seconds(front) if front is not None else 0.0,
+        )
 
 
 def _env(**settings: str) -> dict[str, str]:
@@ -127,7 +140,7 @@ def _processes(workdir: Path) -> Iterator[Processes]:
     started: list[subprocess.Popen[Any]] = []
     with temporary_database() as database:
         try:
-            lake_port, entry_port = free_port(), free_port()
+            lake_port, entry_port, proxy_port = free_port(), free_port(), free_port()
             lake_env = _env(
                 DATAPUNK_LAKE__PORT=str(lake_port),
                 DATAPUNK_LAKE__METRICS_PORT=str(free_port()),
@@ -150,10 +163,31 @@ def _processes(workdir: Path) -> Iterator[Processes]:
                         cwd=workdir,
                     )
                 )
-            lake, nexus = started
+            started.append(
+                start_logged(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.bare_proxy",
+                        "--port",
+                        str(proxy_port),
+                        "--target",
+                        f"127.0.0.1:{lake_port}",
+                    ],
+                    env=clean_env(),
+                    log=workdir / "bare_proxy.log",
+                    cwd=REPO_ROOT,
+                )
+            )
+            lake, nexus, proxy = started
             _wait_answers(lake_port, lake, _credentials("direct"))
             _wait_answers(entry_port, nexus, _credentials("entry"))
-            yield Processes({"direct": lake_port, "entry": entry_port}, lake.pid, nexus.pid)
+            _wait_answers(proxy_port, proxy, _credentials("bare_proxy"))
+            yield Processes(
+                {"direct": lake_port, "entry": entry_port, "bare_proxy": proxy_port},
+                lake.pid,
+                {"entry": nexus.pid, "bare_proxy": proxy.pid},
+            )
         finally:
             for process in reversed(started):
                 stop_process(process)
@@ -161,7 +195,8 @@ def _processes(workdir: Path) -> Iterator[Processes]:
 
 def _credentials(path: str) -> Metadata:
     """What a call on ``path`` carries: a client's API key through the entry, Nexus's
-    own credentials straight to the Lake."""
+    own credentials straight to the Lake and through the bare proxy (which passes the
+    metadata on as it is)."""
     return api_key_metadata() if path == "entry" else service_metadata("lake")
 
 
@@ -185,10 +220,10 @@ def _python(port: int, seconds: float, metadata: Metadata) -> tuple[int, int, fl
 
 
 def _measure(tool: str, path: str, procs: Processes, seconds: float, rnd: int) -> Measurement:
-    lake_before, nexus_before = procs.cpu()
+    lake_before, nexus_before = procs.cpu(path)
     load = _ghz if tool == "ghz" else _python
     ok, errors, elapsed, p50, p99 = load(procs.ports[path], seconds, _credentials(path))
-    lake_after, nexus_after = procs.cpu()
+    lake_after, nexus_after = procs.cpu(path)
     calls = max(ok + errors, 1)
     return Measurement(
         tool=tool,
@@ -241,8 +276,9 @@ def _result(measurements: list[Measurement]) -> Result:
             chosen = (m for m in measurements if m.tool == tool and m.path == path)
             return sorted(chosen, key=lambda m: m.round)
 
-        entry, direct = pick("entry"), pick("direct")
+        entry, direct, proxy = pick("entry"), pick("direct"), pick("bare_proxy")
         ratios = [e.qps / d.qps for e, d in zip(entry, direct, strict=True) if d.qps > 0]
+        proxy_ratios = [p.qps / d.qps for p, d in zip(proxy, direct, strict=True) if d.qps > 0]
         added = [e.p50_us - d.p50_us for e, d in zip(entry, direct, strict=True)]
         row: dict[str, Any] = {
             "entry_qps": median([m.qps for m in entry]),
@@ -255,8 +291,12 @@ def _result(measurements: list[Measurement]) -> Result:
             "direct_p99_us": median([m.p99_us for m in direct]),
             "entry_process_cpu_us_per_call": median([m.entry_cpu_us_per_call for m in entry]),
             "lake_cpu_us_per_call": median([m.lake_cpu_us_per_call for m in direct]),
-            "errors": sum(m.errors for m in entry + direct),
+            "bare_proxy_qps": median([m.qps for m in proxy]),
+            "bare_proxy_qps_ratio": median(proxy_ratios),
+            "bare_proxy_cpu_us_per_call": median([m.entry_cpu_us_per_call for m in proxy]),
+            "errors": sum(m.errors for m in entry + direct + proxy),
             "per_round_qps_ratio": ratios,
+            "per_round_bare_proxy_qps_ratio": proxy_ratios,
         }
         summary[tool] = row
         rows.append(
@@ -272,6 +312,8 @@ def _result(measurements: list[Measurement]) -> Result:
                 row["direct_p99_us"],
                 row["entry_process_cpu_us_per_call"],
                 row["lake_cpu_us_per_call"],
+                row["bare_proxy_qps_ratio"],
+                row["bare_proxy_cpu_us_per_call"],
                 row["errors"],
             ]
         )
@@ -290,6 +332,9 @@ def _result(measurements: list[Measurement]) -> Result:
         "first; medians over rounds, ratios taken per round.",
         f"{os.cpu_count()} CPUs shared by the load generator, the Lake and (entry path) the "
         "Nexus process: the entry's CPU per call competes with the Lake's on a small machine.",
+        "bare proxy: bench/bare_proxy.py, the least a grpc.aio pass-through does (bytes in, "
+        "bytes out, metadata passed on; nothing else) in front of the same Lake, same run: "
+        "its ratio is the ceiling of any grpc.aio proxy on this machine, a reference, not a bar.",
     ]
     if errors:
         notes.append(f"{errors} calls failed; see measurements")
@@ -309,6 +354,8 @@ def _result(measurements: list[Measurement]) -> Result:
             "direct p99 us",
             "nexus cpu us/call",
             "lake cpu us/call",
+            "bare proxy/direct",
+            "bare proxy cpu us/call",
             "errors",
         ],
         rows=rows,
