@@ -10,7 +10,9 @@ call them.
 - ``ShouldRateLimit`` counts with the configured rules: OK, OK, then OVER_LIMIT.
 - No client certificate, or one from another CA, fails the TLS handshake; plaintext
   fails too. A certificate from the right CA with an identity not allowed is refused
-  with PERMISSION_DENIED (``CLIENT_NOT_ALLOWED``). Nothing else (a Nexus API) is served.
+  with PERMISSION_DENIED (``CLIENT_NOT_ALLOWED``), and the refusal is on the platform's
+  audit trail (searched through the gRPC entry with the administrator's key, as a platform
+  administrator would). Nothing else (a Nexus API) is served.
 - The service port still serves Check to a Nexus service token (internal callers).
 - ``envoy/issue-dev-certs.sh`` (what envoy/README.md tells) issues certificates that work."""
 
@@ -20,8 +22,10 @@ import asyncio
 import ipaddress
 import json
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +34,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from datapunk.lake.v1 import vectors_pb2 as vec
+from datapunk.nexus.v1 import audit_pb2, audit_pb2_grpc
 from datapunk.nexus.v1 import status_pb2 as nexus_status
 from datapunk.nexus.v1 import status_pb2_grpc as nexus_status_grpc
+from datapunk_nexus.envoy_listener import AUDIT_RESOURCE
 from datapunk_shared.config import load_settings
 from datapunk_shared.errors import PermissionDenied
 from datapunk_shared.rpc.client import error_from_rpc_error
@@ -39,6 +45,7 @@ from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.auth_support import authed_channel, issuer
@@ -48,6 +55,7 @@ from tests.support import (
     engines_env,
     free_port,
     run_service,
+    wait_for_grpc_health,
     wait_until,
 )
 from tests.tls_support import Pem, client_cert, issue, make_ca
@@ -65,6 +73,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 class World:
     nexus: RunningService
     tls_address: str
+    entry: str
+    """Nexus's gRPC entry, where the administrator's key reads the audit trail."""
     ca: Pem
     envoy: Pem
     intruder: Pem
@@ -85,10 +95,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     (tmp / "nexus.crt").write_bytes(server.cert)
     (tmp / "clients-ca.crt").write_bytes(ca[0].cert)
-    port = free_port()
+    port, entry_port = free_port(), free_port()
     rule = {"name": "per-ip", "methods": [SEARCH], "key": "client_ip", "rate": 2, "period": 60}
     env = {
         **engines_env(load_settings()),
+        "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(entry_port),
         "DATAPUNK_NEXUS__ENVOY_SERVICES__ENABLED": "true",
         "DATAPUNK_NEXUS__ENVOY_SERVICES__PORT": str(port),
         "DATAPUNK_NEXUS__ENVOY_SERVICES__TLS_CERT": str(tmp / "nexus.crt"),
@@ -103,9 +114,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with run_service("nexus", tmp, env) as nexus:
         # Serving: signing keys loaded, the bootstrap administrator exists.
         wait_until(lambda: nexus.health() == SERVING, timeout=40)
+        wait_for_grpc_health(f"127.0.0.1:{entry_port}")
         yield World(
             nexus=nexus,
             tls_address=f"127.0.0.1:{port}",
+            entry=f"127.0.0.1:{entry_port}",
             ca=ca[0],
             envoy=client_cert(ca, ENVOY_ID),
             intruder=client_cert(ca, "spiffe://datapunk/intruder"),
@@ -282,6 +295,79 @@ async def test_a_trusted_certificate_of_another_identity_is_permission_denied(
             assert error.metadata["identities"] == "spiffe://datapunk/intruder"
             metadata = dict(refused.value.trailing_metadata() or ())
             assert metadata[REQUEST_ID_KEY]
+
+
+async def _platform_refusals(world: World, since: datetime) -> list[Any]:
+    """The listener's refusals on the platform trail since ``since``, read through the
+    gRPC entry with the administrator's key (a platform administrator)."""
+    start = timestamp_pb2.Timestamp()
+    start.FromDatetime(since)
+    found: list[Any] = []
+    token = ""
+    async with grpc.aio.insecure_channel(world.entry) as channel:
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
+        while True:
+            page = await stub.SearchAuditEvents(
+                audit_pb2.SearchAuditEventsRequest(
+                    filter=audit_pb2.AuditEventFilter(
+                        resource_prefix=AUDIT_RESOURCE,
+                        outcome=audit_pb2.AUDIT_OUTCOME_DENY,
+                        start_time=start,
+                    ),
+                    page_size=1000,
+                    page_token=token,
+                    platform=True,
+                ),
+                metadata=[("x-api-key", issuer().admin_key)],
+                timeout=30,
+            )
+            found += list(page.events)
+            token = page.next_page_token
+            if not token:
+                return found
+
+
+async def test_a_refused_client_is_on_the_platform_audit_trail(world: World) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    request_ids = {
+        "check": f"envoy-mtls-refused-{uuid.uuid4().hex[:8]}",
+        "rate": f"envoy-mtls-refused-{uuid.uuid4().hex[:8]}",
+    }
+    async with tls_channel(world, world.intruder) as channel:
+        calls = {
+            "check": external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                check_request(GET_COLLECTION, GET, {"x-api-key": issuer().admin_key}),
+                metadata=[(REQUEST_ID_KEY, request_ids["check"])],
+                timeout=10,
+            ),
+            "rate": rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(
+                rate_request("198.51.100.60"),
+                metadata=[(REQUEST_ID_KEY, request_ids["rate"])],
+                timeout=10,
+            ),
+        }
+        for call in calls.values():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Each refusal was committed before it was answered: no waiting for the trail.
+    events = {e.request_id: e for e in await _platform_refusals(world, since)}
+    methods = {
+        "check": "/envoy.service.auth.v3.Authorization/Check",
+        "rate": "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    }
+    for which, request_id in request_ids.items():
+        event = events[request_id]
+        assert event.outcome == audit_pb2.AUDIT_OUTCOME_DENY
+        assert event.action == "authorize"
+        assert event.reason == "CLIENT_NOT_ALLOWED"
+        assert event.method == methods[which]
+        assert event.resource == AUDIT_RESOURCE
+        assert (event.tenant, event.principal) == ("", "")  # nobody was identified
+        assert event.credential_id == "spiffe://datapunk/intruder"
+        assert event.client_address == "127.0.0.1"
+    # Envoy's own calls leave no refusal.
+    assert all(e.credential_id != ENVOY_ID for e in events.values())
 
 
 async def test_the_service_port_still_serves_check_to_a_service_token(world: World) -> None:

@@ -1,26 +1,42 @@
 """Nexus's mutual-TLS listener for Envoy: its settings, what stops it from starting (each
-with a message naming the setting and never showing the key), and the identities read
-from a certificate. The calls themselves are in tests/integration/test_envoy_mtls.py."""
+with a message naming the setting and never showing the key), the identities read from a
+certificate, and what a refused client leaves in the audit log (the record's fields, and
+failing closed when it cannot be written). The calls with Nexus itself, and the records
+in PostgreSQL, are in tests/integration/test_envoy_mtls.py."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from datapunk_nexus.envoy_listener import certificate_identities, start_envoy_listener
+from datapunk_nexus.envoy_listener import (
+    AUDIT_RESOURCE,
+    certificate_identities,
+    start_envoy_listener,
+)
 from datapunk_nexus.envoy_services.authz import AuthorizationService
 from datapunk_nexus.envoy_services.ratelimit import RateLimitService
+from datapunk_nexus.identity.audit import AuditEvent, AuditLog, Outcome
 from datapunk_nexus.limits import build_gate
 from datapunk_shared.config import EnvoyServicesSettings, RateLimitSettings, Settings
-from datapunk_shared.errors import ConfigError, NotFound
+from datapunk_shared.errors import (
+    ConfigError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from datapunk_shared.rpc.client import error_from_rpc_error
+from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.server import PortInUse, ServiceContext
 from datapunk_shared.secrets import EnvSecretProvider
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from pydantic import ValidationError
@@ -75,14 +91,34 @@ def enabled(files: Path, port: int = 0) -> EnvoyServicesSettings:
     )
 
 
-async def start(context: ServiceContext, settings: EnvoyServicesSettings) -> int | None:
+class Collected:
+    """A ``BatchWriter`` keeping what it is given in memory (the PostgreSQL one is tested
+    in tests/integration), or failing every batch like an engine that is down."""
+
+    def __init__(self, *, failing: bool = False) -> None:
+        self.events: list[AuditEvent] = []
+        self.failing = failing
+
+    async def append(self, events: Sequence[AuditEvent]) -> object:
+        if self.failing:
+            raise OSError("the audit store is down")
+        self.events.extend(events)
+        return None
+
+
+async def start(
+    context: ServiceContext, settings: EnvoyServicesSettings, writer: Collected | None = None
+) -> int | None:
     gate = build_gate(RateLimitSettings(backend="memory"), None)
+    audit = AuditLog(writer or Collected(), write_timeout=5, retry_interval=0)
+    context.cleanups.append(audit.close)
     return await start_envoy_listener(
         context,
         settings,
         EnvSecretProvider(),
         authorization=AuthorizationService(None),  # type: ignore[arg-type]  # never called
         rate_limit=RateLimitService(gate),
+        audit=audit,
     )
 
 
@@ -98,7 +134,7 @@ def test_the_listener_is_off_by_default_and_needs_its_files_when_on() -> None:
 
 async def test_off_means_no_listener(context: ServiceContext) -> None:
     assert await start(context, EnvoyServicesSettings()) is None
-    assert context.cleanups == []
+    assert context.cleanups == [context.cleanups[0]]  # the test's audit log only
 
 
 async def test_it_starts_with_a_matching_key_and_stops_with_nexus(
@@ -107,7 +143,7 @@ async def test_it_starts_with_a_matching_key_and_stops_with_nexus(
     monkeypatch.setenv(KEY_ENV, server.key.decode())
     port = await start(context, enabled(files))
     assert port
-    assert len(context.cleanups) == 1
+    assert len(context.cleanups) == 2  # the test's audit log, then the listener
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
 
@@ -221,3 +257,71 @@ async def test_health_follows_the_service_ports(
         await _eventually(channel, authz, serving)
         await main.stop(None)  # Nexus's server gone: nothing to vouch for it
         await _eventually(channel, authz, not_serving)
+
+
+def _rate_request() -> rls_pb2.RateLimitRequest:
+    entry = ratelimit_pb2.RateLimitDescriptor.Entry
+    descriptor = ratelimit_pb2.RateLimitDescriptor(
+        entries=[entry(key="rpc", value="/x.v1.S/M"), entry(key="remote_address", value="::1")]
+    )
+    return rls_pb2.RateLimitRequest(domain="datapunk", descriptors=[descriptor])
+
+
+@pytest.mark.parametrize("audit_up", [True, False], ids=["recorded", "audit down"])
+async def test_a_refused_client_is_audited_and_the_refusal_fails_closed(
+    context: ServiceContext,
+    files: Path,
+    ca: CertificateAuthority,
+    server: Pem,
+    monkeypatch: pytest.MonkeyPatch,
+    audit_up: bool,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, server.key.decode())
+    writer = Collected(failing=not audit_up)
+    port = await start(context, enabled(files), writer)
+    intruder = client_cert(ca, "spiffe://datapunk/intruder")
+    credentials = grpc.ssl_channel_credentials(ca[0].cert, intruder.key, intruder.cert)
+    async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+        call = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(
+            _rate_request(), metadata=[(REQUEST_ID_KEY, "listener-unit-1")], timeout=10
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+    error = error_from_rpc_error(refused.value)
+    if not audit_up:  # no record, no answer but UNAVAILABLE
+        assert isinstance(error, Unavailable)
+        assert error.reason == "AUDIT_UNAVAILABLE"
+        assert writer.events == []
+        return
+    assert isinstance(error, PermissionDenied)
+    assert error.reason == "CLIENT_NOT_ALLOWED"
+    [event] = writer.events
+    assert event.action == "authorize"
+    assert event.outcome == Outcome.DENY
+    assert (event.tenant, event.principal, event.principal_kind) == ("", "", "")
+    assert event.credential_id == "spiffe://datapunk/intruder"
+    assert event.method == "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    assert event.resource == AUDIT_RESOURCE
+    assert event.reason == "CLIENT_NOT_ALLOWED"
+    assert event.client_address in ("127.0.0.1", "::1")
+    assert event.request_id == "listener-unit-1"
+
+
+async def test_an_allowed_client_leaves_no_refusal(
+    context: ServiceContext,
+    files: Path,
+    ca: CertificateAuthority,
+    server: Pem,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, server.key.decode())
+    writer = Collected()
+    port = await start(context, enabled(files), writer)
+    envoy = client_cert(ca, "spiffe://datapunk/envoy")
+    credentials = grpc.ssl_channel_credentials(ca[0].cert, envoy.key, envoy.cert)
+    async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+        answer = await rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(
+            _rate_request(), timeout=10
+        )
+    assert answer.overall_code == rls_pb2.RateLimitResponse.Code.OK
+    assert writer.events == []

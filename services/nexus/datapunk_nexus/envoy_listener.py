@@ -5,11 +5,14 @@ service port asks of every caller, so they call ``Check`` and ``ShouldRateLimit`
 instead, and prove who they are with a client certificate: the TLS handshake fails for a
 client without a certificate from ``client_ca``, and a call whose certificate names none
 of ``allowed_clients`` (a URI or DNS subject alternative name) is refused with
-PERMISSION_DENIED (``CLIENT_NOT_ALLOWED``). Nothing but those two methods and health is
-served here; its health follows the service port's (engines, migrations, draining). The
-calls keep the shared edges of every Datapunk server (request ids, validation, error
-details, metrics, access log); only the token check is replaced by the certificate
-check, and the certificate's identity goes into the log lines."""
+PERMISSION_DENIED (``CLIENT_NOT_ALLOWED``). Such a refusal is written to the platform's
+audit trail before it is answered, like every refusal at Nexus's entries (failing closed:
+a record that cannot be written makes the answer UNAVAILABLE, ``AUDIT_UNAVAILABLE``); a
+failed handshake never reaches a method and leaves no record. Nothing but those two
+methods and health is served here; its health follows the service port's (engines,
+migrations, draining). The calls keep the shared edges of every Datapunk server (request
+ids, validation, error details, metrics, access log); only the token check is replaced by
+the certificate check, and the certificate's identity goes into the log lines."""
 
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from datapunk_shared.auth.identity import Identity, identity_var
 from datapunk_shared.config import EnvoyServicesSettings
-from datapunk_shared.errors import ConfigError, PermissionDenied, Unauthenticated
-from datapunk_shared.logging import get_logger
+from datapunk_shared.errors import ConfigError, DatapunkError, PermissionDenied, Unauthenticated
+from datapunk_shared.logging import get_logger, request_id_var
 from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor, InstrumentedServer
 from datapunk_shared.rpc.server import PortInUse, ServiceContext
 from datapunk_shared.secrets import SecretProvider
@@ -35,10 +38,17 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from datapunk_nexus.entry.metadata import client_ip
 from datapunk_nexus.envoy_services.authz import AuthorizationService
 from datapunk_nexus.envoy_services.ratelimit import RateLimitService
+from datapunk_nexus.identity.audit import AuditEvent, AuditLog, Outcome
 
-__all__ = ["ClientCertificates", "certificate_identities", "start_envoy_listener"]
+__all__ = [
+    "AUDIT_RESOURCE",
+    "ClientCertificates",
+    "certificate_identities",
+    "start_envoy_listener",
+]
 
 log = get_logger("datapunk.nexus.envoy")
 
@@ -46,7 +56,11 @@ SERVED = (
     external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
     rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name,
 )
+_CHECK = f"/{SERVED[0]}/Check"
+_SHOULD_RATE_LIMIT = f"/{SERVED[1]}/ShouldRateLimit"
 _PEM_CERT = "x509_pem_cert"
+AUDIT_RESOURCE = "listener/envoy_services"
+"""The resource of the listener's audit records (search them by this prefix)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,27 +79,47 @@ def certificate_identities(pem: bytes) -> tuple[str, ...]:
 
 
 class ClientCertificates:
-    """Decides whether a call's verified client certificate may use the listener."""
+    """Decides whether a call's verified client certificate may use the listener, and
+    writes each refusal to the audit trail."""
 
-    def __init__(self, allowed: Iterable[str]) -> None:
+    def __init__(self, allowed: Iterable[str], audit: AuditLog) -> None:
         self._allowed = frozenset(allowed)
+        self._audit = audit
 
-    def identify(self, context: Any) -> Identity:
-        """The caller's identity, from the certificate the TLS handshake verified."""
+    async def identify(self, context: Any, method: str) -> Identity:
+        """The caller's identity, from the certificate the TLS handshake verified; a
+        refusal is recorded (on the platform's trail: nobody was identified) and raised,
+        or UNAVAILABLE (``AUDIT_UNAVAILABLE``) when the record cannot be written."""
         pems = context.auth_context().get(_PEM_CERT) or []
-        if not pems:  # the handshake requires one; refuse rather than trust its absence
-            raise Unauthenticated(
-                "this port needs a client certificate", reason="MISSING_CLIENT_CERTIFICATE"
-            )
-        presented = certificate_identities(pems[0])
+        presented = certificate_identities(pems[0]) if pems else ()
         for name in presented:
             if name in self._allowed:
                 return Identity(subject=name, tenant="", kind="service", issuer="mtls")
-        raise PermissionDenied(
-            "the client certificate names no identity allowed to call Envoy's services",
-            reason="CLIENT_NOT_ALLOWED",
-            metadata={"identities": ",".join(presented)[:512]},
+        refusal: DatapunkError
+        if not pems:  # the handshake requires one; refuse rather than trust its absence
+            refusal = Unauthenticated(
+                "this port needs a client certificate", reason="MISSING_CLIENT_CERTIFICATE"
+            )
+        else:
+            refusal = PermissionDenied(
+                "the client certificate names no identity allowed to call Envoy's services",
+                reason="CLIENT_NOT_ALLOWED",
+                metadata={"identities": ",".join(presented)[:512]},
+            )
+        await self._audit.record(
+            AuditEvent(
+                action="authenticate" if not pems else "authorize",
+                outcome=Outcome.DENY,
+                # The certificate's names are public: the credential by its public id.
+                credential_id=",".join(presented),
+                method=method,
+                resource=AUDIT_RESOURCE,
+                reason=refusal.reason,
+                client_address=client_ip(str(context.peer() or "")),
+                request_id=request_id_var.get() or "",
+            )
         )
+        raise refusal
 
 
 class _Certified:
@@ -105,7 +139,7 @@ class _Certified:
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: Any
     ) -> external_auth_pb2.CheckResponse:
-        token = identity_var.set(self._clients.identify(context))
+        token = identity_var.set(await self._clients.identify(context, _CHECK))
         try:
             return await self._authorization.Check(request, context)
         finally:
@@ -114,7 +148,7 @@ class _Certified:
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: Any
     ) -> rls_pb2.RateLimitResponse:
-        token = identity_var.set(self._clients.identify(context))
+        token = identity_var.set(await self._clients.identify(context, _SHOULD_RATE_LIMIT))
         try:
             return await self._rate_limit.ShouldRateLimit(request, context)
         finally:
@@ -191,9 +225,11 @@ async def start_envoy_listener(
     *,
     authorization: AuthorizationService,
     rate_limit: RateLimitService,
+    audit: AuditLog,
 ) -> int | None:
     """Start the listener when ``settings`` enable it (it stops with Nexus); returns its
-    port, or None when it is off."""
+    port, or None when it is off. Refused clients are recorded in ``audit`` (the
+    entries' ``AuditLog``)."""
     if not settings.enabled:
         return None
     if settings.tls_cert is None or settings.client_ca is None:  # the settings refuse it too
@@ -227,7 +263,8 @@ async def start_envoy_listener(
         slow_call_seconds=log_settings.slow_call_ms / 1000,
     )
     server = InstrumentedServer(raw, edges)
-    certified = _Certified(ClientCertificates(settings.allowed_clients), authorization, rate_limit)
+    clients = ClientCertificates(settings.allowed_clients, audit)
+    certified = _Certified(clients, authorization, rate_limit)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(certified, server)
     rls_pb2_grpc.add_RateLimitServiceServicer_to_server(certified, server)
     health = HealthServicer()

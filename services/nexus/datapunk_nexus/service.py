@@ -52,6 +52,7 @@ async def _setup(context: ServiceContext) -> None:
         secrets,
         authorization=AuthorizationService(access.guard),
         rate_limit=RateLimitService(gate),
+        audit=access.audit,
     )
     await add_grpc_entry(context, gate=gate, cache=cache, backends=backends, guard=access.guard)
     edge = await start_rest_edge(

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from datapunk_nexus.contracts import load_contracts
 from datapunk_nexus.identity.api_keys import ApiKeys, add_api_key_service, load_api_keys
+from datapunk_nexus.identity.audit import AuditLog
 from datapunk_nexus.identity.audit.servicer import add_audit_service
 from datapunk_nexus.identity.enforce import AccessGuard, EdgeAuthenticator
 from datapunk_nexus.identity.oauth import (
@@ -39,6 +40,8 @@ class AccessControl:
     guard: AccessGuard
     oauth: AuthorizationServer
     api_keys: ApiKeys
+    audit: AuditLog
+    """The trail the guard records in (also Envoy's listener's refusals)."""
 
 
 async def _optional_secret(secrets: SecretProvider, name: str) -> bytes | None:
@@ -125,4 +128,4 @@ async def build_access_control(
         ServiceTokens(oauth.minter, settings.auth.audience),
         load_contracts(settings.nexus.descriptor_set).pool,
     )
-    return AccessControl(guard=guard, oauth=oauth, api_keys=api_keys)
+    return AccessControl(guard=guard, oauth=oauth, api_keys=api_keys, audit=audit)
