@@ -60,9 +60,14 @@ def _fixed_answer(method: str, response: bytes) -> grpc.GenericRpcHandler:
     )
 
 
-async def serve(port: int, response: bytes, method: str | None = None) -> None:
+async def serve(
+    port: int,
+    response: bytes,
+    method: str | None = None,
+    max_concurrent_rpcs: int | None = None,
+) -> None:
     try:
-        server, _ = create_server(f"127.0.0.1:{port}")
+        server, _ = create_server(f"127.0.0.1:{port}", maximum_concurrent_rpcs=max_concurrent_rpcs)
     except PortInUse as exc:
         raise SystemExit(f"bare_server: {exc}") from None
     if method is None:
@@ -129,8 +134,13 @@ def main() -> None:
         "--method",
         help="serve only this unary method (/pkg.Service/Method) with the response's bytes",
     )
+    parser.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="grpc.aio's own limit of calls in flight (RESOURCE_EXHAUSTED beyond it)",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.response.read_bytes(), args.method))
+    asyncio.run(serve(args.port, args.response.read_bytes(), args.method, args.max_concurrent_rpcs))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from datapunk_shared.config import ServiceSettings, Settings, load_settings
 from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.errors import ConfigError
 from datapunk_shared.health import HealthMonitor, Prerequisite, ServingState
+from datapunk_shared.key_events import key_event_subscriber
 from datapunk_shared.logging import configure_logging, get_logger
 from datapunk_shared.metrics import start_metrics_server
 from datapunk_shared.probes import build_probes
@@ -103,13 +104,18 @@ def create_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     edges: DatapunkServerInterceptor | None = None,
     max_message_bytes: int = 16 * 1024 * 1024,
+    maximum_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to ``address``; returns it and the bound port. With
     ``edges``, every handler registered on it is wrapped with the Datapunk edges.
+    ``maximum_concurrent_rpcs`` is grpc.aio's own limit (RESOURCE_EXHAUSTED beyond it);
+    the services bound concurrency per route instead (Nexus's gate), the benchmarks use
+    it as a reference.
 
     SO_REUSEPORT is off so that a second process cannot silently share the port."""
     server: grpc.aio.Server = grpc.aio.server(
         interceptors=list(interceptors),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -139,11 +145,12 @@ async def serve(
     # Every call but health, reflection and status must carry a token Nexus signed for
     # this service (docs/identity.md); its keys come from Nexus's JWKS when first needed.
     verifier = build_verifier(settings.auth, service=spec.name)
+    authenticator = CallerAuthenticator(verifier)
     edges = DatapunkServerInterceptor(
         spec.name,
         access_log=settings.log.access_log,
         slow_call_seconds=settings.log.slow_call_ms / 1000,
-        authenticator=CallerAuthenticator(verifier),
+        authenticator=authenticator,
     )
     server, port = create_server(
         f"{own.host}:{own.port}",
@@ -158,6 +165,12 @@ async def serve(
 
     context = ServiceContext(settings=settings, service_settings=own, server=server)
     context.cleanups.append(verifier.aclose)
+    # Nexus announces deleted and retired signing keys on Redis: their tokens are then
+    # refused here at once instead of when the key cache expires.
+    key_events = key_event_subscriber(settings, authenticator.keys_changed)
+    if key_events is not None:
+        key_events.start()
+        context.cleanups.append(key_events.stop)
     if spec.setup is not None:
         try:
             await spec.setup(context)
