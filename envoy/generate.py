@@ -12,6 +12,10 @@ Usage (from the repository root)::
     .venv/bin/python envoy/generate.py --out-dir /tmp/x --listen-address 0.0.0.0 \\
         --tls-cert /etc/envoy/tls.crt --tls-key /etc/envoy/tls.key
 
+The edge also sends the few plain-HTTP paths Nexus's REST edge serves itself (``PLAIN_PATHS``:
+the OAuth endpoints, the OAuth metadata and JWKS, the OpenAPI document and its page) to
+cluster ``nexus_rest`` (``[nexus.rest]``), without ext_authz.
+
 The edge's ext_authz and rate-limit filters call cluster ``nexus_authz``: Nexus's
 mutual-TLS listener (``nexus.envoy_services``), with Envoy's client certificate
 (``--authz-client-cert``/``--authz-client-key``), Nexus's checked against ``--authz-ca``
@@ -35,7 +39,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-__all__ = ["Options", "Service", "load_services", "main", "render"]
+__all__ = ["PLAIN_PATHS", "Options", "PlainPath", "Service", "load_services", "main", "render"]
 
 Json = dict[str, Any]
 
@@ -66,6 +70,13 @@ NEXUS_ENVOY_SERVICES = (
 )
 AUTHZ_CLUSTER = "nexus_authz"
 AUTHZ_PORT = 50054  # nexus.envoy_services.port's default (tests/unit/test_envoy_config.py)
+# Nexus's REST edge serves a few plain-HTTP endpoints itself, outside the contracts (OAuth
+# forms, public documents); Envoy sends exactly those paths to it, over HTTP/1.1.
+NEXUS_REST_CLUSTER = "nexus_rest"
+REST_PORT = 8080  # nexus.rest.port's default (tests/unit/test_envoy_config.py)
+# The REST edge's health check: a small document it serves from memory, without counting
+# against any rate limit (its OAuth metadata).
+REST_HEALTH_PATH = "/.well-known/oauth-authorization-server"
 
 DEFAULT_CORS_ORIGINS = ("http://localhost:8080", "http://127.0.0.1:8080")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the services' default max_message_bytes
@@ -86,6 +97,37 @@ class Service:
     @property
     def full_name(self) -> str:
         return f"{self.package}.{self.name}"
+
+
+@dataclass(frozen=True)
+class PlainPath:
+    """A path Nexus's REST edge serves itself, as plain HTTP (not a transcoded RPC)."""
+
+    path: str
+    rate_limited_as: str | None = None
+    """The gRPC method whose rate limits its requests meet, per client address (as the REST
+    edge gates it); None: not rate-limited (a public document)."""
+    replayable: bool = True
+    """Whether Envoy may send a request again after it may have reached Nexus: false for
+    the token endpoint, whose requests are not idempotent."""
+
+
+_AUTH_SERVICE = "/datapunk.nexus.v1.AuthService/"
+PLAIN_PATHS = (
+    # OAuth 2.0 (services/nexus/datapunk_nexus/identity/oauth/http.py). Their clients
+    # authenticate in the request (client credentials), so no ext_authz; they meet the
+    # limits of their gRPC twins per client address, as at the REST edge.
+    PlainPath("/oauth/token", _AUTH_SERVICE + "IssueToken", replayable=False),
+    PlainPath("/oauth/revoke", _AUTH_SERVICE + "RevokeToken"),  # RFC 7009: idempotent
+    PlainPath("/oauth/introspect", _AUTH_SERVICE + "IntrospectToken"),  # a read
+    # Public documents: the OAuth metadata and keys, the OpenAPI document and its page.
+    PlainPath("/.well-known/oauth-authorization-server"),
+    PlainPath("/.well-known/jwks.json"),
+    PlainPath("/openapi.json"),
+    PlainPath("/docs"),
+)
+"""Every plain-HTTP path of Nexus's REST edge; tests/unit/test_edge_routes.py checks this
+list against the edge's own."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +184,14 @@ def load_authz_address(config_file: Path = CONFIG_FILE) -> tuple[str, int]:
     return str(section.get("host", nexus["host"])), int(section.get("port", AUTHZ_PORT))
 
 
+def load_rest_address(config_file: Path = CONFIG_FILE) -> tuple[str, int]:
+    """host and port of Nexus's REST edge (``[nexus.rest]``, else Nexus's host and the
+    setting's default port)."""
+    nexus = tomllib.loads(config_file.read_text())["nexus"]
+    section = nexus.get("rest", {})
+    return str(section.get("host", nexus["host"])), int(section.get("port", REST_PORT))
+
+
 # --- small builders -----------------------------------------------------------------------
 
 
@@ -168,9 +218,10 @@ def health_service_name(owner: str, services: Sequence[Service]) -> str:
     return names[0] if names else ""
 
 
-def cluster(name: str, host: str, port: int, health_service: str) -> Json:
-    """An HTTP/2 (gRPC) cluster with active gRPC health checks, circuit breakers with a retry
-    budget, and outlier detection."""
+def guarded_cluster(name: str, host: str, port: int, *, protocol: Json, health_check: Json) -> Json:
+    """A cluster speaking ``protocol`` (an ``explicit_http_config``) with active health checks
+    (``health_check``: the checker's field), circuit breakers with a retry budget, and
+    outlier detection."""
     thresholds = {
         "max_connections": 1024,
         "max_pending_requests": 1024,
@@ -193,12 +244,7 @@ def cluster(name: str, host: str, port: int, health_service: str) -> Json:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 common_http_protocol_options={"idle_timeout": "300s"},
-                explicit_http_config={
-                    "http2_protocol_options": {
-                        "max_concurrent_streams": 1024,
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-                    }
-                },
+                explicit_http_config=protocol,
             )
         },
         "circuit_breakers": {
@@ -225,13 +271,29 @@ def cluster(name: str, host: str, port: int, health_service: str) -> Json:
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "no_traffic_interval": "10s",
-                "grpc_health_check": {"service_name": health_service},
+                **health_check,
             }
         ],
         # With every host NOT_SERVING Envoy still routes (panic mode), so the service's own
         # UNAVAILABLE with RetryInfo reaches the client and its StatusService stays reachable.
         "common_lb_config": {"healthy_panic_threshold": {"value": 50.0}},
     }
+
+
+def cluster(name: str, host: str, port: int, health_service: str) -> Json:
+    """An HTTP/2 (gRPC) cluster whose health checks ask for ``health_service``."""
+    return guarded_cluster(
+        name,
+        host,
+        port,
+        protocol={
+            "http2_protocol_options": {
+                "max_concurrent_streams": 1024,
+                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+            }
+        },
+        health_check={"grpc_health_check": {"service_name": health_service}},
+    )
 
 
 RETRY_POLICY: Json = {
@@ -251,6 +313,12 @@ RETRY_POLICY: Json = {
 }
 # Inside a sidecar, towards its own service: only failures where the request never arrived.
 LOCAL_RETRY_POLICY: Json = {"retry_on": "connect-failure,refused-stream", "num_retries": 1}
+# Towards Nexus's REST edge. A request that may be sent twice (a document, a revocation, an
+# introspection) is retried like an RPC; a token request only when it never reached Nexus
+# (connect failure): issuing a token is not idempotent, and a refresh-token grant replayed
+# after it succeeded presents a rotated refresh token, which revokes its whole family.
+REST_RETRY_POLICY: Json = {**RETRY_POLICY, "retry_on": "connect-failure,reset,gateway-error"}
+TOKEN_RETRY_POLICY: Json = {**RETRY_POLICY, "retry_on": "connect-failure", "num_retries": 1}
 
 
 def grpc_routes(
@@ -300,6 +368,65 @@ EXT_AUTHZ_DISABLED: Json = {
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute", disabled=True
     )
 }
+
+
+def plain_routes(cluster_name: str) -> list[Json]:
+    """An exact route per ``PLAIN_PATHS`` entry to Nexus's REST edge, without ext_authz
+    (the OAuth endpoints authenticate their clients themselves; the rest are public). The
+    OAuth endpoints keep the rate limit, with the descriptor the REST edge's own gate uses
+    for them: their gRPC twin (entry ``rpc``) and the client's address. Any method goes
+    through: the REST edge answers a wrong one with its own JSON 405."""
+    routes: list[Json] = []
+    for plain in PLAIN_PATHS:
+        route: Json = {
+            "cluster": cluster_name,
+            "timeout": "30s",
+            "retry_policy": REST_RETRY_POLICY if plain.replayable else TOKEN_RETRY_POLICY,
+        }
+        if plain.rate_limited_as is not None:
+            rpc = {"descriptor_key": "rpc", "descriptor_value": plain.rate_limited_as}
+            route["rate_limits"] = [{"actions": [{"generic_key": rpc}, {"remote_address": {}}]}]
+        routes.append(
+            {
+                "name": f"{cluster_name}{plain.path}",
+                "match": {"path": plain.path},
+                "route": route,
+                "typed_per_filter_config": EXT_AUTHZ_DISABLED,
+            }
+        )
+    return routes
+
+
+def rate_limited_oauth_reply() -> Json:
+    """Envoy's own 429 for a rate-limited OAuth request as the REST edge answers it: a JSON
+    google.rpc.Status (code 8, RESOURCE_EXHAUSTED), not an empty body. Transcoded requests
+    need none: theirs is a gRPC reply the transcoder turns into JSON."""
+    body = {"code": 8, "message": "rate limit exceeded", "details": []}
+    return {
+        "mappers": [
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            {"response_flag_filter": {"flags": ["RL"]}},
+                            {
+                                "header_filter": {
+                                    "header": {
+                                        "name": ":path",
+                                        "string_match": {"prefix": "/oauth/"},
+                                    }
+                                }
+                            },
+                        ]
+                    }
+                },
+                "body_format_override": {
+                    "text_format_source": {"inline_string": json.dumps(body)},
+                    "content_type": "application/json",
+                },
+            }
+        ]
+    }
 
 
 def not_found_route(*, authz: bool) -> Json:
@@ -371,8 +498,14 @@ def access_log(listener: str) -> list[Json]:
 
 
 def http_connection_manager(
-    stat_prefix: str, route_config: Json, http_filters: list[Json], *, edge: bool
+    stat_prefix: str,
+    route_config: Json,
+    http_filters: list[Json],
+    *,
+    edge: bool,
+    local_reply: Json | None = None,
 ) -> Json:
+    extra: Json = {"local_reply_config": local_reply} if local_reply is not None else {}
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -396,6 +529,7 @@ def http_connection_manager(
             "access_log": access_log(stat_prefix),
             "route_config": route_config,
             "http_filters": http_filters,
+            **extra,
         },
     }
 
@@ -469,11 +603,25 @@ def authz_cluster(address: tuple[str, int], opt: Options) -> Json:
     return config
 
 
+def rest_cluster(host: str, port: int) -> Json:
+    """Nexus's REST edge, for ``PLAIN_PATHS``: HTTP/1.1 (aiohttp), health-checked on a
+    document it serves from memory. Always direct (``--host nexus=…``, the port of
+    ``[nexus.rest]``): Nexus's sidecar routes gRPC only."""
+    return guarded_cluster(
+        NEXUS_REST_CLUSTER,
+        host,
+        port,
+        protocol={"http_protocol_options": {}},
+        health_check={"http_health_check": {"path": REST_HEALTH_PATH}},
+    )
+
+
 def edge(
     services: Sequence[Service],
     addresses: dict[str, tuple[str, int]],
     opt: Options,
     authz_address: tuple[str, int] = ("127.0.0.1", AUTHZ_PORT),
+    rest_address: tuple[str, int] = ("127.0.0.1", REST_PORT),
 ) -> Json:
     owners = sorted(addresses)
     tls = opt.tls_cert is not None and opt.tls_key is not None
@@ -513,6 +661,7 @@ def edge(
                         retry_policy=RETRY_POLICY,
                         rate_limits=edge_rate_limits(),
                     ),
+                    *plain_routes(NEXUS_REST_CLUSTER),
                     not_found_route(authz=True),
                 ],
             }
@@ -579,7 +728,9 @@ def edge(
     listener = http_listener(
         "edge",
         socket(opt.listen_address, EDGE_PORT),
-        http_connection_manager("edge", route_config, http_filters, edge=True),
+        http_connection_manager(
+            "edge", route_config, http_filters, edge=True, local_reply=rate_limited_oauth_reply()
+        ),
     )
     if tls:
         listener["filter_chains"][0]["transport_socket"] = {
@@ -613,6 +764,7 @@ def edge(
         for owner in owners
     ]
     clusters.append(authz_cluster(authz_address, opt))
+    clusters.append(rest_cluster(opt.hosts.get("nexus", rest_address[0]), rest_address[1]))
     return {
         "node": {"id": "datapunk-edge", "cluster": "datapunk-edge"},
         "admin": {"address": socket("127.0.0.1", EDGE_ADMIN_PORT)},
@@ -726,7 +878,14 @@ def render(
     unknown = sorted({s.owner for s in services} - set(addresses))
     if unknown:
         raise SystemExit(f"services of unknown owners {unknown}: no such section in {config_file}")
-    files = {"edge.yaml": dump(edge(services, addresses, opt, load_authz_address(config_file)))}
+    edge_config = edge(
+        services,
+        addresses,
+        opt,
+        load_authz_address(config_file),
+        load_rest_address(config_file),
+    )
+    files = {"edge.yaml": dump(edge_config)}
     for owner in sorted(addresses):
         files[f"sidecar-{owner}.yaml"] = dump(sidecar(owner, services, addresses, opt))
     return files

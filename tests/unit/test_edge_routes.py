@@ -1,5 +1,6 @@
 """The REST route table: path templates, versioned packages, and equality with the table
-Envoy's transcoder serves (envoy/generate.py, same descriptor set)."""
+Envoy serves (envoy/generate.py, same descriptor set): the transcoder's routes, and the
+plain-HTTP paths (OAuth endpoints and public documents) Envoy sends to the REST edge."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import pytest
 from datapunk_nexus.edge import rest_route_table
 from datapunk_nexus.edge.routes import default_descriptor_set
 from datapunk_nexus.edge.template import PathTemplate, TemplateError
+from datapunk_nexus.identity.oauth import build_authorization_server, oauth_http_routes
+from datapunk_nexus.identity.signing import DeferredKeyRing
+from datapunk_shared.config import Settings
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
+from psycopg_pool import AsyncConnectionPool
 
 from tests.edge_support import edge_descriptor_set, edge_routes
 
@@ -154,3 +159,54 @@ def test_route_table_equals_envoys(which: str) -> None:
     assert transcoder["request_validation_options"]["reject_unknown_query_parameters"] is True
     envoy_table = _transcoder_table(descriptor_set, transcoder["services"])
     assert rest_route_table(descriptor_set) == envoy_table
+
+
+# What RestEdge serves itself before any route or plain route (RestEdge._dispatch): the
+# OpenAPI document and its page. tests/integration/test_envoy_rest_paths.py asks a running
+# edge for each of them.
+EDGE_DOCUMENTS = {"/openapi.json": None, "/docs": None}
+
+
+def _python_plain_paths() -> dict[str, str | None]:
+    """Path -> the gRPC method whose rate limits its requests meet (None: not gated), of
+    every plain-HTTP path Nexus's REST edge serves: the OAuth endpoints exactly as Nexus
+    adds them (``oauth_http_routes``; building them opens no connection) and the
+    documents."""
+    settings = Settings()
+    pool = AsyncConnectionPool(settings.engines.postgres.url, open=False)
+    server = build_authorization_server(settings, pool, DeferredKeyRing())
+    table = {route.path: route.gated_as for route in oauth_http_routes(server)}
+    return {**table, **EDGE_DOCUMENTS}
+
+
+def _envoy_plain_paths(edge: dict[str, Any]) -> dict[str, str | None]:
+    """Path -> the ``rpc`` rate-limit descriptor (None: no rate limit) of every route of
+    Envoy's edge to the REST edge's cluster."""
+    hcm = edge["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    table: dict[str, str | None] = {}
+    for route in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
+        if route.get("route", {}).get("cluster") != "nexus_rest":
+            continue
+        rpc = None
+        for limit in route["route"].get("rate_limits", []):
+            for action in limit["actions"]:
+                key = action.get("generic_key", {})
+                if key.get("descriptor_key") == "rpc":
+                    rpc = key["descriptor_value"]
+        table[route["match"]["path"]] = rpc
+    return table
+
+
+def test_plain_paths_equal_envoys() -> None:
+    """Every path the REST edge serves outside the contracts reaches it through Envoy, and
+    nothing else does; the OAuth endpoints meet the limits of the same gRPC twins on both
+    sides."""
+    generate = _envoy_generate()
+    edge = json.loads(generate.render(generate.Options())["edge.yaml"].split("\n", 2)[2])
+    python = _python_plain_paths()
+    assert _envoy_plain_paths(edge) == python
+    assert {p for p, rpc in python.items() if rpc} == {
+        "/oauth/token",
+        "/oauth/revoke",
+        "/oauth/introspect",
+    }

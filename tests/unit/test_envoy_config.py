@@ -25,7 +25,7 @@ import pytest
 # Every message a typed_config names must be in the default pool, or ParseDict fails on it.
 # (xds-protos' own top-level package is named ``envoy``; the repository's envoy/ folder is
 # not a package, so it does not shadow these.)
-from datapunk_shared.config import EnvoyServicesSettings
+from datapunk_shared.config import EnvoyServicesSettings, RestEdgeSettings
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
@@ -54,6 +54,20 @@ GENERATOR = ENVOY / "generate.py"
 DESCRIPTOR_SET = ROOT / "gen" / "descriptors" / "datapunk.binpb"
 OWNERS = ("lake", "stream", "nexus")
 FILES = ("edge.yaml", *(f"sidecar-{owner}.yaml" for owner in OWNERS))
+REST_CLUSTER = "nexus_rest"
+AUTH_SERVICE = "/datapunk.nexus.v1.AuthService/"
+# The plain-HTTP paths Nexus's REST edge serves itself -> the gRPC twin whose limits they
+# meet (None: a public document, not rate-limited); tests/unit/test_edge_routes.py checks
+# this against the edge's own table.
+PLAIN_PATHS = {
+    "/oauth/token": AUTH_SERVICE + "IssueToken",
+    "/oauth/revoke": AUTH_SERVICE + "RevokeToken",
+    "/oauth/introspect": AUTH_SERVICE + "IntrospectToken",
+    "/.well-known/oauth-authorization-server": None,
+    "/.well-known/jwks.json": None,
+    "/openapi.json": None,
+    "/docs": None,
+}
 
 Json = dict[str, Any]
 
@@ -299,6 +313,11 @@ def test_deployment_variant_with_tls_parses_strictly(tmp_path: Path) -> None:
     assert context.validation_context.match_typed_subject_alt_names[0].matcher.exact == (
         "nexus.internal"
     )
+    # Nexus's REST edge too: its sidecar routes gRPC only.
+    rest = next(c for c in edge.static_resources.clusters if c.name == REST_CLUSTER)
+    endpoint = rest.load_assignment.endpoints[0].lb_endpoints[0].endpoint
+    assert (endpoint.address.socket_address.address, endpoint.address.socket_address.port_value) \
+        == ("nexus.internal", 8080)  # fmt: skip
 
 
 # --- the strictness itself ------------------------------------------------------------------
@@ -353,6 +372,13 @@ def _mutations() -> Iterator[tuple[str, Callable[[Json], None], str]]:
     def deprecated_field(c: Json) -> None:  # Cluster.http2_protocol_options is deprecated
         c["static_resources"]["clusters"][0]["http2_protocol_options"] = {}
 
+    def empty_rate_limit_key(c: Json) -> None:  # PGV: GenericKey.descriptor_value min_len 1
+        token = next(
+            r for r in _edge_route_config(c)["virtual_hosts"][0]["routes"]
+            if r.get("match", {}).get("path") == "/oauth/token"
+        )  # fmt: skip
+        token["route"]["rate_limits"][0]["actions"][0]["generic_key"]["descriptor_value"] = ""
+
     yield "transcoder_bogus_field", transcoder_bogus_field, 'no field named "print_option"'
     yield "ext_authz_wrong_type", ext_authz_wrong_type, "failure_mode_allow"
     yield "unknown_type_url", unknown_type_url, "Routr"
@@ -365,6 +391,7 @@ def _mutations() -> Iterator[tuple[str, Callable[[Json], None], str]]:
     yield "health_check_without_checker", health_check_without_checker, "'health_checker'"
     yield "ratelimit_without_service", ratelimit_without_service, "rate_limit_service: required"
     yield "deprecated_field", deprecated_field, "http2_protocol_options: deprecated"
+    yield "empty_rate_limit_key", empty_rate_limit_key, "descriptor_value: shorter than 1"
 
 
 def _edge_route_config(config: Json) -> Json:
@@ -454,7 +481,11 @@ def test_streaming_methods_have_no_overall_timeout_and_no_retries() -> None:
         for m in s.method
         if m.client_streaming or m.server_streaming
     }
-    exact = {r["match"]["path"]: r["route"] for r in routes_of(listener) if "path" in r["match"]}
+    exact = {
+        r["match"]["path"]: r["route"]
+        for r in routes_of(listener)
+        if "path" in r["match"] and "grpc" in r["match"]
+    }
     assert set(exact) == streaming
     for route in exact.values():
         assert route["timeout"] == "0s"
@@ -481,7 +512,12 @@ def test_edge_filter_chain_order_and_nexus_callouts() -> None:
     )
     assert limit["rate_limit_service"]["transport_api_version"] == "V3"
     for route in routes_of(config["static_resources"]["listeners"][0])[:-1]:
-        assert route["route"]["rate_limits"], route["name"]
+        if "grpc" in route["match"]:
+            assert route["route"]["rate_limits"], route["name"]
+        else:  # the REST edge's plain paths: only the OAuth endpoints
+            assert bool(route["route"].get("rate_limits")) == bool(
+                PLAIN_PATHS[route["match"]["path"]]
+            ), route["name"]
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -497,7 +533,8 @@ def test_every_cluster_is_guarded(name: str) -> None:
                     if route.HasField("route"):
                         assert route.route.cluster in names
     for cluster in bootstrap.static_resources.clusters:
-        assert cluster.health_checks[0].HasField("grpc_health_check"), cluster.name
+        checker = "http_health_check" if cluster.name == REST_CLUSTER else "grpc_health_check"
+        assert cluster.health_checks[0].HasField(checker), cluster.name
         assert cluster.circuit_breakers.thresholds[0].HasField("retry_budget"), cluster.name
         assert cluster.outlier_detection.consecutive_gateway_failure.value > 0, cluster.name
         assert cluster.outlier_detection.enforcing_consecutive_gateway_failure.value == 100
@@ -507,12 +544,19 @@ def test_every_cluster_is_guarded(name: str) -> None:
         ]
         protocol = http_protocol_options_pb2.HttpProtocolOptions()
         assert options.Unpack(protocol)
-        assert protocol.explicit_http_config.HasField("http2_protocol_options"), cluster.name
+        # gRPC everywhere; HTTP/1.1 to the REST edge (aiohttp).
+        http = "http_protocol_options" if cluster.name == REST_CLUSTER else "http2_protocol_options"
+        assert protocol.explicit_http_config.HasField(http), cluster.name
 
 
 def test_health_checks_ask_for_each_owners_status_service() -> None:
     config = committed("edge.yaml")
     for cluster in config["static_resources"]["clusters"]:
+        if cluster["name"] == REST_CLUSTER:  # a document the REST edge serves from memory
+            path = cluster["health_checks"][0]["http_health_check"]["path"]
+            assert path == "/.well-known/oauth-authorization-server"
+            assert path in PLAIN_PATHS
+            continue
         service_name = cluster["health_checks"][0]["grpc_health_check"]["service_name"]
         if cluster["name"] == "nexus_authz":  # its own listener sets this one
             assert service_name == "envoy.service.auth.v3.Authorization"
@@ -549,6 +593,118 @@ def test_envoy_calls_nexus_authorizer_over_mutual_tls() -> None:
         c.name for c in bootstrap.static_resources.clusters if c.HasField("transport_socket")
     ]
     assert with_tls == ["nexus_authz"]
+
+
+def route_for(listener: Json, path: str, *, grpc: bool = False) -> Json:
+    """The route Envoy picks for a request (before transcoding): the first whose ``path``
+    (exact, query string removed) or ``prefix`` matches and whose ``grpc`` matcher, if
+    any, holds (a gRPC content type)."""
+    bare = path.split("?", 1)[0]
+    for route in routes_of(listener):
+        match = route["match"]
+        if "grpc" in match and not grpc:
+            continue
+        if match.get("path") == bare or bare.startswith(match.get("prefix", "\0")):
+            return route
+    raise AssertionError(f"no route for {path}")
+
+
+def test_the_rest_edges_plain_paths_reach_it_without_ext_authz() -> None:
+    config = committed("edge.yaml")
+    listener = config["static_resources"]["listeners"][0]
+    routes = routes_of(listener)
+    plain = [r for r in routes if r.get("route", {}).get("cluster") == REST_CLUSTER]
+    # Exactly those paths, each an exact match, before the not-found route.
+    assert {r["match"]["path"] for r in plain} == set(PLAIN_PATHS)
+    assert all(set(r["match"]) == {"path"} for r in plain)
+    assert routes[-1]["name"] == "not-found"
+    assert routes[-1 - len(plain) : -1] == plain  # just before it
+    for path in PLAIN_PATHS:
+        route = route_for(listener, path)
+        assert route["route"]["cluster"] == REST_CLUSTER, path
+        assert route_for(listener, path + "?x=1") is route
+        # Their clients authenticate in the request (or they are public documents).
+        disabled = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
+        assert disabled["disabled"] is True
+    # Nothing broader: neighbours fall to the not-found route (with no Check either).
+    for path in (
+        "/oauth/",
+        "/oauth/authorize",
+        "/oauth/token/x",
+        "/oauth/tokens",
+        "/.well-known/openid-configuration",
+        "/.well-known/jwks.json/x",
+        "/openapi.yaml",
+        "/docs/x",
+        "/doc",
+    ):
+        assert route_for(listener, path)["name"] == "not-found", path
+
+
+def test_oauth_endpoints_are_rate_limited_as_the_rest_edge_limits_them() -> None:
+    """Their gRPC twin as ``rpc`` and the client's address: the key the REST edge's own
+    gate counts them under (``CallInfo(gated_as, client_ip)``), which Nexus's
+    ShouldRateLimit reads (tests/unit/test_envoy_ratelimit.py)."""
+    listener = committed("edge.yaml")["static_resources"]["listeners"][0]
+    for path, twin in PLAIN_PATHS.items():
+        route = route_for(listener, path)["route"]
+        if twin is None:
+            assert "rate_limits" not in route, path
+            continue
+        assert route["rate_limits"] == [
+            {
+                "actions": [
+                    {"generic_key": {"descriptor_key": "rpc", "descriptor_value": twin}},
+                    {"remote_address": {}},
+                ]
+            }
+        ], path
+    # Envoy's own 429 for them is a JSON google.rpc.Status, as the REST edge answers.
+    hcm = hcm_of(listener)
+    [mapper] = hcm["local_reply_config"]["mappers"]
+    matchers = mapper["filter"]["and_filter"]["filters"]
+    assert {"response_flag_filter": {"flags": ["RL"]}} in matchers
+    header = next(m["header_filter"]["header"] for m in matchers if "header_filter" in m)
+    assert header == {"name": ":path", "string_match": {"prefix": "/oauth/"}}
+    body = mapper["body_format_override"]
+    assert body["content_type"] == "application/json"
+    assert json.loads(body["text_format_source"]["inline_string"])["code"] == 8
+
+
+def test_a_token_request_is_retried_only_when_it_never_reached_nexus() -> None:
+    """Issuing a token is not idempotent (a replayed refresh-token grant would present a
+    rotated refresh token and revoke its family): only a connect failure is retried. The
+    rest may be sent twice and are retried like RPCs."""
+    listener = committed("edge.yaml")["static_resources"]["listeners"][0]
+    token = route_for(listener, "/oauth/token")["route"]["retry_policy"]
+    assert token["retry_on"] == "connect-failure"
+    for path in set(PLAIN_PATHS) - {"/oauth/token"}:
+        route = route_for(listener, path)["route"]
+        assert route["timeout"] == "30s"
+        retry_on = set(route["retry_policy"]["retry_on"].split(","))
+        assert retry_on == {"connect-failure", "reset", "gateway-error"}, path
+        assert route["retry_policy"]["retry_host_predicate"], path
+
+
+def test_the_rest_edge_cluster_is_the_configured_rest_port(tmp_path: Path) -> None:
+    bootstrap = parse_strictly(committed("edge.yaml"))
+    rest = next(c for c in bootstrap.static_resources.clusters if c.name == REST_CLUSTER)
+    address = rest.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    defaults = RestEdgeSettings()
+    assert (address.socket_address.address, address.socket_address.port_value) == (
+        defaults.host,
+        defaults.port,
+    )
+    assert not rest.HasField("transport_socket")  # plaintext inside the machine
+    # A port set in datapunk.toml's [nexus.rest] moves it, as the other clusters move.
+    config = tmp_path / "datapunk.toml"
+    config.write_text(
+        (ROOT / "datapunk.toml").read_text() + '\n[nexus.rest]\nhost = "10.1.2.3"\nport = 8181\n'
+    )
+    edge = load(generate(tmp_path / "out", "--config", str(config))["edge.yaml"])
+    rest_json = next(c for c in edge["static_resources"]["clusters"] if c["name"] == REST_CLUSTER)
+    endpoint = rest_json["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "10.1.2.3", "port_value": 8181}
 
 
 @pytest.mark.parametrize("owner", OWNERS)
