@@ -60,21 +60,23 @@ def _feature_to_proto(feature: Feature) -> spatial_pb2.Feature:
 
 
 def _features(items: list[Feature]) -> list[dict[str, str]]:
-    """``Feature`` messages as dictionaries, for the same reason as ``_results``."""
+    """``Feature`` messages as the dictionaries the response's constructor takes: a
+    nested message passed as a message is copied, a dictionary is not."""
     return [{"id": f.id, "geometry": f.geometry, "properties": f.properties} for f in items]
 
 
-def _results(items: list[FeatureDistance]) -> list[dict[str, Any]]:
-    """``FeatureDistance`` messages as the dictionaries the response's constructor takes:
-    a nested message passed as a message is copied, a dictionary is not (half the time
-    for a page of results)."""
-    return [
-        {
-            "feature": {"id": f.id, "geometry": f.geometry, "properties": f.properties},
-            "distance_meters": distance,
-        }
-        for f, distance in items
-    ]
+def _add_results(items: list[FeatureDistance], into: Any) -> None:
+    """Append ``items`` to a repeated ``FeatureDistance`` field, setting each field in
+    place: a nested message passed to a constructor is copied, and even a dictionary
+    costs a third more than the fields set one by one (about 40 against 26 µs for a page
+    of 14 results, measured in process)."""
+    add = into.add
+    for (fid, geometry, properties), distance in items:
+        result = add(distance_meters=distance)
+        feature = result.feature
+        feature.id = fid
+        feature.geometry = geometry
+        feature.properties = properties
 
 
 class SpatialServicer(_grpc.SpatialServiceServicer):  # type: ignore[misc]
@@ -185,9 +187,9 @@ class SpatialServicer(_grpc.SpatialServiceServicer):  # type: ignore[misc]
             request.page_size,
             request.page_token,
         )
-        return spatial_pb2.SearchWithinDistanceResponse(
-            results=_results(page.items), next_page_token=page.next_page_token
-        )
+        response = spatial_pb2.SearchWithinDistanceResponse(next_page_token=page.next_page_token)
+        _add_results(page.items, response.results)
+        return response
 
     async def SearchNearest(
         self, request: spatial_pb2.SearchNearestRequest, context: Any
@@ -199,9 +201,9 @@ class SpatialServicer(_grpc.SpatialServiceServicer):  # type: ignore[misc]
             request.page_size,
             request.page_token,
         )
-        return spatial_pb2.SearchNearestResponse(
-            results=_results(page.items), next_page_token=page.next_page_token
-        )
+        response = spatial_pb2.SearchNearestResponse(next_page_token=page.next_page_token)
+        _add_results(page.items, response.results)
+        return response
 
     async def SearchIntersecting(
         self, request: spatial_pb2.SearchIntersectingRequest, context: Any
