@@ -595,9 +595,15 @@ class AuditSettings(_Strict):
     instead of each waiting ``write_timeout`` (0: always try)."""
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
     """The most records one transaction writes."""
-    linger: Annotated[float, Field(ge=0, le=1)] = 0.0
+    linger: Annotated[float, Field(ge=0, le=1)] = 0.002
     """How long a batch smaller than ``max_batch`` waits for more records before it is
-    written, on top of the time the previous batch takes to commit (0: no extra wait)."""
+    written, on top of the time the previous batch takes to commit (0: no extra wait),
+    when calls arrive together (see ``linger_after_batch``)."""
+    linger_after_batch: Annotated[int, Field(ge=1, le=10_000)] = 2
+    """Linger only after a batch of at least this many records: calls that arrive
+    together share fewer, larger commits, while a lone caller never waits for company
+    (PostgreSQL's ``commit_delay`` and ``commit_siblings`` work the same way; 1: always
+    linger)."""
     max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     """Records waiting for a commit at most; more are refused at once with UNAVAILABLE."""
     pool_max: Annotated[int, Field(ge=2, le=100)] = 4
@@ -649,6 +655,12 @@ class AuthSettings(_Strict):
     max_token_bytes: Annotated[int, Field(ge=256, le=65536)] = 8192
     """Longer bearer tokens are refused before they are parsed."""
     jwks: JwksCacheSettings = JwksCacheSettings()
+    key_events_channel: Annotated[str, Field(max_length=128, pattern=r"^[^\s]*$")] = (
+        "datapunk:auth:keys-changed"
+    )
+    """The Redis channel (``[engines.redis]``) on which Nexus announces signing-key changes
+    and every service listens, so a deleted or retired key's tokens are refused at once
+    (``datapunk_shared.key_events``); empty turns it off (the key caches then bound it)."""
     default_tenant: Annotated[
         str, Field(max_length=32, pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
     ] = "default"

@@ -183,3 +183,35 @@ async def test_linger_gathers_records_that_arrive_close_together() -> None:
     await asyncio.gather(*tasks)
     assert writer.batches == [[str(i) for i in range(5)]]
     await audit.close()
+
+
+async def test_linger_only_once_calls_arrive_together() -> None:
+    """With ``linger_after_batch``, a lone caller is written at once (no linger), while
+    after a batch of several records the next batch waits ``linger`` for company."""
+    writer = ScriptedWriter()
+    audit = AuditLog(writer, write_timeout=5, linger=0.2, linger_after_batch=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(3):  # one at a time: batches of one, none lingers
+        await audit.record(_event(f"lone{i}"))
+    assert loop.time() - started < 0.15
+    assert writer.batches == [["lone0"], ["lone1"], ["lone2"]]
+
+    writer.started.clear()
+    writer.gate.clear()  # hold the next commit so that records pile up behind it
+    first = asyncio.create_task(audit.record(_event("a")))
+    await writer.started.wait()
+    together = [asyncio.create_task(audit.record(_event(name))) for name in ("b", "c")]
+    await asyncio.sleep(0)
+    writer.gate.set()
+    await asyncio.gather(first, *together)
+    assert writer.batches[-2:] == [["a"], ["b", "c"]]
+
+    # The last batch held two records: the next one lingers and gathers the late ones.
+    tasks = []
+    for name in ("d", "e", "f"):
+        tasks.append(asyncio.create_task(audit.record(_event(name))))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    assert writer.batches[-1] == ["d", "e", "f"]
+    await audit.close()

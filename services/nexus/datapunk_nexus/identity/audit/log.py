@@ -2,7 +2,10 @@
 
 Records are committed in batches by one writer task (group commit): a record that
 arrives while a batch is committing waits for the next batch, so a busy edge pays one
-transaction for many calls while a lone call pays one transaction for itself. Each
+transaction for many calls while a lone call pays one transaction for itself. Once a
+batch held several records (calls arrive together), the next one also waits ``linger``
+for more before it is written, so that concurrent calls share fewer, larger commits; a
+batch of one ends that, so a lone caller never waits for company. Each
 caller waits for its own record's commit; a record not committed within
 ``write_timeout`` — PostgreSQL down, hung or refusing — makes ``record`` raise
 ``Unavailable`` (reason AUDIT_UNAVAILABLE), and the caller refuses its request. After a
@@ -58,6 +61,7 @@ class AuditLog:
         retry_interval: float = 1.0,
         max_batch: int = 500,
         linger: float = 0.0,
+        linger_after_batch: int = 1,
         max_pending: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -66,6 +70,8 @@ class AuditLog:
         self._retry_interval = retry_interval
         self._max_batch = max_batch
         self._linger = linger
+        self._linger_after_batch = linger_after_batch
+        self._last_batch = 0
         self._max_pending = max_pending
         self._clock = clock
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -84,6 +90,7 @@ class AuditLog:
             retry_interval=settings.retry_interval,
             max_batch=settings.max_batch,
             linger=settings.linger,
+            linger_after_batch=settings.linger_after_batch,
             max_pending=settings.max_pending,
         )
 
@@ -152,10 +159,16 @@ class AuditLog:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._linger and len(self._queue) < self._max_batch and not self._closed:
+            if (
+                self._linger
+                and (self._linger_after_batch <= 1 or self._last_batch >= self._linger_after_batch)
+                and len(self._queue) < self._max_batch
+                and not self._closed
+            ):
                 await asyncio.sleep(self._linger)
             batch = self._take_batch()
             if batch:
+                self._last_batch = len(batch)
                 await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
