@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -131,7 +131,11 @@ class CallerAuthenticator:
     ``x-datapunk-on-behalf-of``, byte for byte) resolved to is remembered too, under
     the same bounds and until ``EXPIRY_MARGIN`` seconds before the token expires: a
     repeated call then costs one dictionary lookup instead of parsing the header and
-    the on-behalf-of JSON again. Only identities that passed every check are kept."""
+    the on-behalf-of JSON again. Only identities that passed every check are kept.
+
+    When the issuer's signing keys change (``keys_changed``, called by the service's
+    ``datapunk_shared.key_events`` subscriber), both memories are emptied and the key
+    source drops the removed keys, so a deleted key's tokens are refused at once."""
 
     EXPIRY_MARGIN = 1.0
 
@@ -155,6 +159,7 @@ class CallerAuthenticator:
         self._size = cache_size
         self._seconds = cache_seconds
         self._known: dict[tuple[str, str | None], tuple[Identity, float]] = {}
+        self._generation = 0
 
     async def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity:
         token: str | None = None
@@ -176,16 +181,37 @@ class CallerAuthenticator:
             if now < known[1]:
                 return known[0]
             del self._known[headers]
+        generation = self._generation
         identity = await self._resolve(token, on_behalf)
         until = now + self._seconds
         if identity.expires_at is not None:
             until = min(until, identity.expires_at - self.EXPIRY_MARGIN)
-        if now < until:
+        # Not kept when the keys changed while it was being verified (it may have been
+        # verified with a key that is gone now).
+        if now < until and generation == self._generation:
             known_calls = self._known
             known_calls[headers] = (identity, until)
             if len(known_calls) > self._size:
                 del known_calls[next(iter(known_calls))]  # the oldest entry
         return identity
+
+    def forget(self) -> None:
+        """Forget every remembered identity and verified token."""
+        self._known.clear()
+        self._tokens.clear()
+        self._generation += 1
+
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """``issuer``'s signing keys changed (None: unknown which issuer or keys): forget
+        what was remembered, have the verifier drop ``removed`` and fetch the keys again,
+        and forget once more what was verified meanwhile with the old keys."""
+        self.forget()
+        changed = getattr(self._verifier, "keys_changed", None)
+        if changed is not None:
+            try:
+                await changed(issuer, removed)
+            finally:
+                self.forget()
 
     async def _resolve(self, token: str, on_behalf: str | None) -> Identity:
         """The identity ``token`` (an ``authorization`` value) and ``on_behalf`` give,

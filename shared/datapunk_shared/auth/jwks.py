@@ -14,6 +14,9 @@ For each configured issuer ``JwksKeySource``
 * while the provider cannot be reached, keeps using the keys it has until their lifetime
   plus ``max_stale`` has passed; an issuer whose keys were never fetched fails closed
   with ``Unavailable`` (``ISSUER_UNAVAILABLE``, with a retry delay).
+* when told that an issuer's keys changed (``keys_changed``: Nexus announces deleted and
+  retired keys, ``datapunk_shared.key_events``), drops the removed keys at once and
+  fetches the key set again, whatever its lifetime and the refetch interval say.
 
 Only configured issuers are ever contacted, and only at the discovered or configured
 URL: nothing a token says (``kid``, ``iss``, headers) becomes part of a request.
@@ -25,7 +28,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -162,6 +165,32 @@ class JwksKeySource:
             return key
         raise self._unavailable(state, now)
 
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """``issuer``'s keys changed (None: any issuer's): forget the ``removed`` key ids
+        now, then fetch again every affected key set already cached (a fetch that started
+        before the change may carry the old set, so a new one is made after it). While
+        the issuer cannot be reached the cached keys stay in use, minus ``removed``."""
+        states = [
+            state
+            for state in self._issuers.values()
+            if (issuer is None or state.issuer == issuer) and state.keys is not None
+        ]
+        for state in states:
+            self._drop(state, removed)
+        for state in states:
+            stale = state.inflight
+            if stale is not None:
+                await asyncio.wait([stale])
+                if state.inflight is stale:
+                    state.inflight = None
+            await self._refresh(state)
+            self._drop(state, removed)  # the issuer unreachable: the old set stayed
+
+    @staticmethod
+    def _drop(state: _Issuer, removed: Collection[str]) -> None:
+        if state.keys is not None and not state.keys.keys().isdisjoint(removed):
+            state.keys = {kid: key for kid, key in state.keys.items() if kid not in removed}
+
     def _may_fetch(self, state: _Issuer, now: float) -> bool:
         return (
             state.last_attempt is None or now - state.last_attempt >= self._policy.refetch_interval
@@ -180,8 +209,9 @@ class JwksKeySource:
         """Fetch the issuer's keys, or join the fetch already running; a failure leaves
         the cached keys as they were (it has been logged)."""
         if state.inflight is None:
-            state.inflight = asyncio.get_running_loop().create_task(self._fetch(state))
-            state.inflight.add_done_callback(lambda _: setattr(state, "inflight", None))
+            task = asyncio.get_running_loop().create_task(self._fetch(state))
+            state.inflight = task
+            task.add_done_callback(lambda _: _forget_fetch(state, task))
         # Shielded: one waiter giving up (its call was cancelled) does not cancel the
         # fetch the others wait for.
         await asyncio.shield(state.inflight)
@@ -250,6 +280,11 @@ class JwksKeySource:
         if not isinstance(document, dict):
             raise _FetchFailed(f"{url} did not send a JSON object")
         return document, cache_control
+
+
+def _forget_fetch(state: _Issuer, task: asyncio.Task[None]) -> None:
+    if state.inflight is task:  # not a newer fetch started after this one
+        state.inflight = None
 
 
 def _check_url(url: str, issuer: str, what: str) -> None:

@@ -29,6 +29,7 @@ class RememberedTokens:
         self._seconds = seconds
         self._clock = clock
         self._known: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
+        self._generation = 0
 
     async def identity(self, token: str) -> Identity:
         now = self._clock()
@@ -38,7 +39,10 @@ class RememberedTokens:
             if now < until:
                 return identity
             del self._known[token]
+        generation = self._generation
         identity = await self._verify(token)
+        if generation != self._generation:
+            return identity  # verified with keys from before a ``clear``: not kept
         until = now + self._seconds
         if identity.expires_at is not None:
             until = min(until, identity.expires_at)
@@ -49,3 +53,9 @@ class RememberedTokens:
 
     def forget(self, token: str) -> None:
         self._known.pop(token, None)
+
+    def clear(self) -> None:
+        """Forget every token (the issuer's keys changed); a verification running now
+        is not remembered either."""
+        self._known.clear()
+        self._generation += 1

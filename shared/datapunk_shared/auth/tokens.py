@@ -37,7 +37,7 @@ import binascii
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -193,6 +193,13 @@ class TokenVerifier:
         close = getattr(self._keys, "aclose", None)
         if close is not None:
             await close()
+
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """An issuer's signing keys changed (``datapunk_shared.key_events``): tell the key
+        source, when it caches keys, to drop ``removed`` and fetch them again."""
+        changed = getattr(self._keys, "keys_changed", None)
+        if changed is not None:
+            await changed(issuer, removed)
 
     @property
     def issuers(self) -> frozenset[str]:

@@ -15,7 +15,7 @@ first-hand (Nexus passes its own signing keys as ``nexus_keys``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import httpx
 from joserfc.jwk import Key
@@ -58,13 +58,23 @@ class IssuerKeys:
             raise refuse("UNTRUSTED_ISSUER", "the token's issuer is not trusted")
         return await source.key(issuer, kid)
 
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """Pass an announced key change on to the sources that cache keys over HTTP."""
+        for source in self._fetching():
+            await source.keys_changed(issuer, removed)
+
     async def aclose(self) -> None:
         """Close every source that holds connections (each once)."""
-        closed: set[int] = set()
+        for source in self._fetching():
+            await source.aclose()
+
+    def _fetching(self) -> list[JwksKeySource]:
+        """Each JWKS cache once (one serves every fetched issuer)."""
+        found: dict[int, JwksKeySource] = {}
         for source in self._sources.values():
-            if isinstance(source, JwksKeySource) and id(source) not in closed:
-                closed.add(id(source))
-                await source.aclose()
+            if isinstance(source, JwksKeySource):
+                found.setdefault(id(source), source)
+        return list(found.values())
 
 
 def jwks_cache_policy(settings: JwksCacheSettings) -> JwksCachePolicy:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from datapunk_shared.config import Settings
+from datapunk_shared.key_events import key_event_publisher
 from datapunk_shared.secrets import SecretProvider, build_secret_provider, close_secret_provider
 from psycopg_pool import AsyncConnectionPool
 
@@ -25,7 +26,8 @@ async def build_key_ring(
     """The started key ring of ``nexus.auth.signing``: logged in to the PKCS#11 token
     with the PIN from the secret provider (``secrets``, else the one ``[secrets]``
     configures), with an active key, refreshing in the background unless ``refresh`` is
-    false. Needs Nexus's migrations applied. Close it with ``aclose``."""
+    false, announcing its changes on ``auth.key_events_channel``. Needs Nexus's
+    migrations applied. Close it with ``aclose``."""
     signing = settings.nexus.auth.signing
     provider = secrets if secrets is not None else build_secret_provider(settings.secrets)
     backend: KeyBackend
@@ -42,11 +44,13 @@ async def build_key_ring(
             backend = Pkcs11Keys(token)
         else:
             backend = SoftwareKeys(provider, signing.software_key_secret)
+        issuer = settings.nexus.auth.oauth.issuer or settings.auth.issuer
         ring = SigningKeyRing(
             pool,
             backend,
             overlap=signing.rotation_overlap,
             refresh_interval=signing.refresh_interval,
+            events=key_event_publisher(settings, issuer),
         )
         try:
             await ring.start()

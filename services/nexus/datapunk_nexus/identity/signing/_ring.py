@@ -6,7 +6,11 @@ A key is ``active`` (it signs, and is published) or ``retired`` (it no longer si
 stays published until ``publish_until``, so tokens it signed keep verifying for the
 rotation overlap). Changes take a PostgreSQL advisory lock, so two instances rotating at
 once make two clean rotations, never two active keys; each instance rereads the active
-key every ``refresh_interval`` seconds."""
+key every ``refresh_interval`` seconds.
+
+Every change is announced once committed (``events``, ``datapunk_shared.key_events``):
+the services then drop a deleted or retired key and fetch the JWKS again at once,
+instead of accepting its tokens until their key cache expires."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from datapunk_shared.errors import (
     InvalidArgument,
     NotFound,
 )
+from datapunk_shared.key_events import KeyEventPublisher
 from datapunk_shared.logging import get_logger
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -97,8 +102,10 @@ class SigningKeyRing:
         overlap: float,
         refresh_interval: float = 10.0,
         pool_timeout: float = 5.0,
+        events: KeyEventPublisher | None = None,
     ) -> None:
         self._pool = pool
+        self._events = events
         self._backend = backend
         self._overlap = overlap
         self._refresh_interval = refresh_interval
@@ -136,6 +143,7 @@ class SigningKeyRing:
         changed, a software key from a process that is gone) make a new one active and
         retire the old one with the usual overlap."""
         configured = await self._backend.configured()
+        activated: SigningKeyInfo | None = None
         async with self._changing() as conn:
             active = await _active_row(conn)
             if active is not None and (configured is None or configured.signer.kid == active.kid):
@@ -150,7 +158,10 @@ class SigningKeyRing:
                     why="this process cannot sign with the active key",
                 )
             if configured is not None:
-                return await self._activate(conn, configured)
+                activated = await self._activate(conn, configured)
+        if activated is not None:
+            await self._announce("rotated")
+            return activated
         return await self.rotate()
 
     async def refresh(self) -> None:
@@ -229,7 +240,7 @@ class SigningKeyRing:
         new = await self._backend.generate()
         try:
             async with self._changing() as conn:
-                return await self._activate(conn, new)
+                activated = await self._activate(conn, new)
         except BaseException:
             # Not recorded, so nobody would ever find it again: destroy it.
             with contextlib.suppress(DatapunkError):
@@ -237,6 +248,8 @@ class SigningKeyRing:
                     StoredKey(new.signer.kid, self._backend.name, new.token_label, new.token_key_id)
                 )
             raise
+        await self._announce("rotated")
+        return activated
 
     async def retire(self, kid: str) -> SigningKeyInfo:
         """End a retired key's overlap now: it leaves the JWKS at once and tokens it
@@ -251,8 +264,9 @@ class SigningKeyRing:
             )
             row = await cursor.fetchone()
             assert row is not None  # locked by _changing; the key was just read
-            log.info("signing_key_retired", kid=kid)
-            return SigningKeyInfo.from_row(row)
+        log.info("signing_key_retired", kid=kid)
+        await self._announce("retired", [kid])
+        return SigningKeyInfo.from_row(row)
 
     async def delete(self, kid: str) -> None:
         """Remove a retired key everywhere: from the JWKS, from PostgreSQL and from the
@@ -264,6 +278,7 @@ class SigningKeyRing:
             await self._backend.destroy(key.stored)
         self._signers.pop(kid, None)
         log.info("signing_key_deleted", kid=kid)
+        await self._announce("deleted", [kid])
 
     async def prune(self) -> list[str]:
         """Delete every retired key whose overlap has ended; returns their kids."""
@@ -279,6 +294,8 @@ class SigningKeyRing:
         for key in gone:
             self._signers.pop(key.kid, None)
             log.info("signing_key_deleted", kid=key.kid, why="overlap ended")
+        if gone:
+            await self._announce("deleted", [key.kid for key in gone])
         return [key.kid for key in gone]
 
     async def aclose(self) -> None:
@@ -290,9 +307,19 @@ class SigningKeyRing:
             self._refresher = None
         self._signers.clear()
         self._active_kid = None
-        await self._backend.aclose()
+        try:
+            await self._backend.aclose()
+        finally:
+            if self._events is not None:
+                await self._events.aclose()
 
     # --- internals --------------------------------------------------------------------
+
+    async def _announce(self, change: str, removed: list[str] | None = None) -> None:
+        """Tell every verifier about a committed change (logged, never raised: the
+        change stands, and the verifiers' key caches bound it when this fails)."""
+        if self._events is not None:
+            await self._events.publish(change, removed or ())
 
     async def _activate(self, conn: psycopg.AsyncConnection[Any], new: NewKey) -> SigningKeyInfo:
         """Within ``_changing``: retire the active key and make ``new`` active."""
