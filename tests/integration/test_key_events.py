@@ -11,6 +11,7 @@ channel of the test's own), or one started here to be stopped and started again.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import subprocess
 import time
@@ -24,21 +25,25 @@ from typing import Any
 import grpc
 import httpx
 import psycopg
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from datapunk.lake.v1 import vectors_pb2, vectors_pb2_grpc
 from datapunk.nexus.v1 import auth_pb2, auth_pb2_grpc
-from datapunk_nexus.identity.signing import SoftwareSigner
+from datapunk_nexus.identity.signing import SigningKeyRing, SoftwareKeys, SoftwareSigner
 from datapunk_shared.auth.interceptor import ON_BEHALF_KEY, encode_on_behalf
 from datapunk_shared.config import Settings, load_settings
+from datapunk_shared.errors import NotFound
 from datapunk_shared.key_events import KeyEventPublisher, KeyEventSubscriber
 from datapunk_shared.rpc.client import error_from_rpc_error
+from datapunk_shared.secrets import FileSecretProvider
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from tests.auth_support import issuer, tenant_caller
+from tests.signing_support import nexus_database, open_pool
 from tests.support import RunningService, engines_env, free_port, run_service, wait_until
 from tests.token_kit import b64, b64json
 
@@ -99,6 +104,64 @@ async def test_a_publication_without_redis_fails_quickly_and_quietly() -> None:
     assert not await publisher.publish("deleted", ["k1"])
     assert time.monotonic() - started < 2
     await publisher.aclose()
+
+
+async def test_the_key_ring_announces_each_committed_change(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Rotation (nothing removed), early retirement, deletion and pruning, each heard
+    with the key ids whose tokens must stop working; a change that fails announces
+    nothing."""
+    channel = f"datapunk:test:keys:{uuid.uuid4().hex}"
+    listener = Redis.from_url(settings.engines.redis.url)
+    (tmp_path / "nexus").mkdir(mode=0o700)
+    secrets_ = FileSecretProvider(tmp_path)
+    async with nexus_database(settings.engines.postgres.url) as url, listener.pubsub() as pubsub:
+        await pubsub.subscribe(channel)
+        confirmed = await pubsub.get_message(timeout=5)
+        assert confirmed is not None
+        assert confirmed["type"] == "subscribe"
+
+        async def heard() -> tuple[str, list[str]]:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert message is not None, "nothing announced"
+            document = json.loads(message["data"])
+            assert document["issuer"] == "https://nexus.test"
+            return document["change"], document["removed"]
+
+        pool = await open_pool(url)
+        events = KeyEventPublisher(
+            Redis.from_url(settings.engines.redis.url), channel, issuer="https://nexus.test"
+        )
+        ring = SigningKeyRing(
+            pool, SoftwareKeys(secrets_, "nexus/signing-key"), overlap=3600.0, events=events
+        )
+        try:
+            first = await ring.start()
+            assert await heard() == ("rotated", [])
+            second = await ring.rotate()
+            assert await heard() == ("rotated", [])
+            await ring.retire(first.kid)
+            assert await heard() == ("retired", [first.kid])
+            await ring.delete(first.kid)
+            assert await heard() == ("deleted", [first.kid])
+            await ring.rotate()
+            assert await heard() == ("rotated", [])
+            async with pool.connection() as conn:  # the overlap of the second key ends
+                await conn.execute(
+                    "UPDATE nexus.signing_keys SET publish_until = now() WHERE kid = %s",
+                    (second.kid,),
+                )
+            assert await ring.prune() == [second.kid]
+            assert await heard() == ("deleted", [second.kid])
+            assert await ring.prune() == []
+            with pytest.raises(NotFound):
+                await ring.delete(first.kid)
+            assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5) is None
+        finally:
+            await ring.aclose()
+            await pool.close()
+    await listener.aclose()
 
 
 # --- a real Nexus and a real Lake ----------------------------------------------------------

@@ -114,6 +114,7 @@ class SigningKeyRing:
         self._active_kid: str | None = None
         self._last_jwks: dict[str, list[dict[str, str]]] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._announcing: set[asyncio.Task[bool]] = set()
 
     @property
     def backend(self) -> BackendName:
@@ -160,7 +161,7 @@ class SigningKeyRing:
             if configured is not None:
                 activated = await self._activate(conn, configured)
         if activated is not None:
-            await self._announce("rotated")
+            self._announce("rotated")
             return activated
         return await self.rotate()
 
@@ -248,7 +249,7 @@ class SigningKeyRing:
                     StoredKey(new.signer.kid, self._backend.name, new.token_label, new.token_key_id)
                 )
             raise
-        await self._announce("rotated")
+        self._announce("rotated")
         return activated
 
     async def retire(self, kid: str) -> SigningKeyInfo:
@@ -265,7 +266,7 @@ class SigningKeyRing:
             row = await cursor.fetchone()
             assert row is not None  # locked by _changing; the key was just read
         log.info("signing_key_retired", kid=kid)
-        await self._announce("retired", [kid])
+        self._announce("retired", [kid])
         return SigningKeyInfo.from_row(row)
 
     async def delete(self, kid: str) -> None:
@@ -278,7 +279,7 @@ class SigningKeyRing:
             await self._backend.destroy(key.stored)
         self._signers.pop(kid, None)
         log.info("signing_key_deleted", kid=kid)
-        await self._announce("deleted", [kid])
+        self._announce("deleted", [kid])
 
     async def prune(self) -> list[str]:
         """Delete every retired key whose overlap has ended; returns their kids."""
@@ -295,7 +296,7 @@ class SigningKeyRing:
             self._signers.pop(key.kid, None)
             log.info("signing_key_deleted", kid=key.kid, why="overlap ended")
         if gone:
-            await self._announce("deleted", [key.kid for key in gone])
+            self._announce("deleted", [key.kid for key in gone])
         return [key.kid for key in gone]
 
     async def aclose(self) -> None:
@@ -311,15 +312,21 @@ class SigningKeyRing:
             await self._backend.aclose()
         finally:
             if self._events is not None:
+                # Announcements under way finish (each bounded by its timeout) first.
+                await asyncio.gather(*self._announcing, return_exceptions=True)
                 await self._events.aclose()
 
     # --- internals --------------------------------------------------------------------
 
-    async def _announce(self, change: str, removed: list[str] | None = None) -> None:
-        """Tell every verifier about a committed change (logged, never raised: the
-        change stands, and the verifiers' key caches bound it when this fails)."""
+    def _announce(self, change: str, removed: list[str] | None = None) -> None:
+        """Tell every verifier about a committed change, in the background: a slow Redis
+        holds up neither the caller nor this instance's own refusal of a removed key. A
+        failure is logged, never raised: the change stands, and the verifiers' key
+        caches bound it."""
         if self._events is not None:
-            await self._events.publish(change, removed or ())
+            task = asyncio.create_task(self._events.publish(change, removed or ()))
+            self._announcing.add(task)
+            task.add_done_callback(self._announcing.discard)
 
     async def _activate(self, conn: psycopg.AsyncConnection[Any], new: NewKey) -> SigningKeyInfo:
         """Within ``_changing``: retire the active key and make ``new`` active."""
