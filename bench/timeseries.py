@@ -12,34 +12,43 @@ ts, hostname), in the same run, rounds alternating which side goes first:
   the same batches as DataFrames (categorical tags), each flushed (ILP/HTTP) in turn.
 * queries - TSBS single-groupby-1-1-1 (max usage_user per minute, one host, one hour),
   double-groupby-1 (avg usage_user per hour and host, 12 hours), lastpoint (latest row per
-  host) and high-cpu-1 (rows of one host with usage_user > 90 in 12 hours). **lake**: the
-  RPC; **raw**: the very SQL the Lake runs (built by its own ``sql`` module, same bound
+  host) and high-cpu-1 (rows of one host with usage_user > 90 in 12 hours), one call in
+  flight. **raw**: the very SQL the Lake runs (built by its own ``sql`` module, same bound
   parameters) over one psycopg connection, all rows fetched and decoded with psycopg's
-  default (text) result format; **raw binary** (reported, no bar): the same with binary
-  results, the format the Lake asks for. The three sides run with the same random
-  parameters, each going first in turn.
+  default (text) result format; **raw binary** (reported): the same with binary results,
+  the format the Lake asks for. **lake (ghz)**: the Lake called by ghz (Go, a client we
+  did not write) with the very requests below, in proto3 JSON, sent in turn; **lake
+  (python)** (reported): the same requests from this process's grpc stub; **bare**
+  (reported): ghz calling a bare grpc.aio server that answers with a recorded Lake answer,
+  what gRPC alone costs a call of that shape. Every side runs the same random queries, in
+  rounds that reverse the order of the sides every other time.
 * reference (reported, no bar) - the Lake's cheapest call (StatusService/GetStatus from
-  its cached health results, no engine) and ``SELECT 1`` on the raw connection: the floor
-  under each side's queries, which shows what the gRPC hop costs on the machine right now.
+  its cached health results, no engine) from the Python client and ``SELECT 1`` on the raw
+  connection.
 
 Every Lake call carries what Nexus sends for a client of the tenant ``default`` (its
 service token and the client's identity), so the series keep their plain table names for
 the raw side.
 
-Bars (issue 3): ingest rows/s lake >= 0.7 x raw; per query kind, lake p50 <= 1.2 x raw p50
-+ 1 ms. QuestDB addresses come from the configuration (``engines.questdb``)."""
+Bars (issue 3): ingest rows/s lake >= 0.7 x raw; per query kind, lake p50 (ghz) <= 1.2 x
+raw p50 + 1 ms. Why ghz: the bar is about what the Lake adds to the query; a Python gRPC
+client spends ~0.5 ms of its own per call on this machine (bench/README.md), which a
+Python caller of any gRPC service pays and psycopg's C client does not. QuestDB addresses
+come from the configuration (``engines.questdb``)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +76,15 @@ from datapunk_lake.timeseries.domain import (
 )
 from datapunk_lake.timeseries.questdb import sender_conf
 from datapunk_shared.config import load_settings
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf.message import Message
 from questdb import Sender
 
+from bench.bare_server import running_bare_server
 from bench.common import (
     Authed,
     Bar,
+    Metadata,
     Result,
     main_with_quick,
     running_lake,
@@ -80,6 +92,7 @@ from bench.common import (
     summarize_latencies,
     wait_until,
 )
+from bench.load import run_ghz
 
 __all__ = ["DESCRIPTION", "NAME", "run"]
 
@@ -93,6 +106,8 @@ BATCH = 50_000
 INGEST_BAR = 0.7
 LATENCY_FACTOR = 1.2
 LATENCY_SLACK_US = 1000.0
+QUERY_WARM = 10
+"""Queries each side runs before its timed ones in every round (ghz: made, not counted)."""
 TAGS = (
     "hostname",
     "region",
@@ -265,40 +280,44 @@ def _ts(micros: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
 
 
-Call = Callable[[], Awaitable[int]]
-QueryPair = tuple[Call, Call, Call]
-"""The Lake's call, the raw statement with psycopg's default (text) results, the same
-statement with binary results (reported, no bar)."""
-SIDES = ("lake", "raw", "raw_binary")
+@dataclass(frozen=True)
+class Query:
+    """One query of a kind, as each side sends it: the Lake's request (the Python client
+    sends the message, ghz its proto3 JSON) and the SQL the Lake runs for it (the raw
+    sides send that, with the same bound parameters)."""
+
+    method: str
+    """The TimeSeriesService method, e.g. ``AggregateRows``."""
+    request: Message
+    statement: Statement
+    page: int
+    """The request's page size: the Lake returns at most this many of the raw rows."""
+
+    def json(self) -> dict[str, Any]:
+        return json_format.MessageToDict(self.request)
 
 
-REFERENCE = "reference"
-"""Not a query: the Lake's cheapest unary call against the cheapest PG-wire statement."""
+SIDES = ("ghz", "python", "raw", "raw_binary", "bare")
+"""ghz: the Lake called by ghz (Go, a client we did not write), the bars' Lake side;
+python: the Lake called by this process's grpc stub (reported); raw: the Lake's SQL over
+psycopg with its default (text) results, the bars' peer; raw_binary: the same with binary
+results (reported); bare: a bare grpc.aio server answering the same ghz calls with a
+recorded Lake answer (reported: what gRPC alone costs a call of that shape)."""
+
+SERVICE = "datapunk.lake.v1.TimeSeriesService"
 
 
-def _query_kinds(
-    sync_stub: Stub,
-    status_stub: Stub,
-    conn: psycopg.Connection[Any],
-    series_id: str,
-    data: Data,
-    rng: random.Random,
-) -> dict[str, Callable[[], QueryPair]]:
+def _query_kinds(series_id: str, data: Data, rng: random.Random) -> dict[str, Callable[[], Query]]:
+    """Each kind's query maker: a new query with random parameters at each call."""
     schema = _schema(series_id)
     series = f"series/{series_id}"
     hour = 3600 * 1_000_000
-
-    async def raw(statement: Statement, binary: bool = False) -> int:
-        return len(conn.execute(statement.text, statement.params, binary=binary).fetchall())
-
-    def raws(statement: Statement) -> tuple[Call, Call]:
-        return lambda: raw(statement), lambda: raw(statement, binary=True)
 
     def window(length: int) -> int:
         span = max(data.end_us - T0 - length, 1)
         return T0 + (rng.randrange(span) // 60_000_000) * 60_000_000
 
-    def single_groupby() -> QueryPair:
+    def single_groupby() -> Query:
         host = f"host_{rng.randrange(HOSTS)}"
         start = window(hour)
         query = AggregateQuery(
@@ -315,13 +334,9 @@ def _query_kinds(
             tag_filters=[pb.TagFilter(tag="hostname", values=[host])],
             page_size=1000,
         )
+        return Query("AggregateRows", request, sql.aggregate(schema, query, 0, 1001), 1000)
 
-        async def lake() -> int:
-            return len(sync_stub.AggregateRows(request).rows.columns[0].timestamps.values)
-
-        return lake, *raws(sql.aggregate(schema, query, 0, 1001))
-
-    def double_groupby() -> QueryPair:
+    def double_groupby() -> Query:
         start = window(12 * hour)
         query = AggregateQuery(
             series_id, start, start + 12 * hour, 3600,
@@ -337,22 +352,14 @@ def _query_kinds(
             group_by=["hostname"],
             page_size=10000,
         )
+        return Query("AggregateRows", request, sql.aggregate(schema, query, 0, 10001), 10000)
 
-        async def lake() -> int:
-            return len(sync_stub.AggregateRows(request).rows.columns[0].timestamps.values)
-
-        return lake, *raws(sql.aggregate(schema, query, 0, 10001))
-
-    def lastpoint() -> QueryPair:
+    def lastpoint() -> Query:
         query = LatestQuery(series_id, ("hostname",), None, (), (), 10000)
         request = pb.ReadLatestRequest(series=series, partition_by=["hostname"], page_size=10000)
+        return Query("ReadLatest", request, sql.latest(schema, query, 0, 10001), 10000)
 
-        async def lake() -> int:
-            return len(sync_stub.ReadLatest(request).rows.columns[0].timestamps.values)
-
-        return lake, *raws(sql.latest(schema, query, 0, 10001))
-
-    def high_cpu() -> QueryPair:
+    def high_cpu() -> Query:
         host = f"host_{rng.randrange(HOSTS)}"
         start = window(12 * hour)
         query = RangeQuery(
@@ -372,25 +379,9 @@ def _query_kinds(
             ],
             page_size=10000,
         )
-
-        async def lake() -> int:
-            return len(sync_stub.ReadRows(request).rows.columns[0].timestamps.values)
-
-        return lake, *raws(sql.range_page(schema, query, None, 0, 10001))
-
-    def reference() -> QueryPair:
-        """The floor under every query: one gRPC call to the Lake answered without an
-        engine (StatusService/GetStatus from its cached health results), one ``SELECT 1``
-        over the raw PG-wire connection."""
-
-        async def lake() -> int:
-            status_stub.GetStatus(status_pb2.GetStatusRequest(refresh=False))
-            return 1  # one answer, as SELECT 1 returns one row
-
-        return lake, *raws(Statement("SELECT 1"))
+        return Query("ReadRows", request, sql.range_page(schema, query, None, 0, 10001), 10000)
 
     return {
-        REFERENCE: reference,
         "single-groupby-1-1-1": single_groupby,
         "double-groupby-1": double_groupby,
         "lastpoint": lastpoint,
@@ -398,16 +389,122 @@ def _query_kinds(
     }
 
 
+def _raw(conn: psycopg.Connection[Any], query: Query, binary: bool) -> int:
+    statement = query.statement
+    return len(conn.execute(statement.text, statement.params, binary=binary).fetchall())
+
+
+def _python(stub: Stub, query: Query) -> int:
+    response = getattr(stub, query.method)(query.request)
+    return len(response.rows.columns[0].timestamps.values)
+
+
+def _ghz(port: int, queries: list[Query], warm: int, metadata: Metadata) -> list[float]:
+    """Latencies (seconds) of ghz calling ``queries`` on 127.0.0.1:``port`` in turn, one
+    call in flight, the first ``warm`` left out."""
+    method = f"{SERVICE}/{queries[0].method}"
+    done = run_ghz(
+        port,
+        method,
+        concurrency=1,
+        total=len(queries),
+        skip_first=warm,
+        metadata=metadata,
+        data=[query.json() for query in queries],
+    )
+    if done.errors or len(done.latencies) != len(queries) - warm:
+        raise RuntimeError(f"ghz {method} on port {port}: {done.ok} OK, {done.errors} failed")
+    return list(done.latencies)
+
+
+def _measure_kind(
+    kind: str,
+    queries: list[Query],
+    warm: int,
+    rounds: int,
+    stub: Stub,
+    conn: psycopg.Connection[Any],
+    lake_port: int,
+    workdir: Path,
+) -> dict[str, Any]:
+    """Every side's latencies (seconds) over ``rounds`` rounds of the same ``queries`` (the
+    first ``warm`` a warm-up, not timed), the order of the sides reversed every other
+    round; the rows each side returned are compared query by query."""
+    metadata = service_metadata()
+    timed = queries[warm:]
+    samples: dict[str, list[float]] = {side: [] for side in SIDES}
+    per_round: list[dict[str, float]] = []
+    counts: dict[str, list[int]] = {}
+    recorded = getattr(stub, timed[0].method)(timed[0].request).SerializeToString()
+    with running_bare_server(f"/{SERVICE}/{timed[0].method}", recorded, workdir) as bare_port:
+        for index in range(rounds):
+            order = SIDES if index % 2 == 0 else tuple(reversed(SIDES))
+            got: dict[str, list[float]] = {}
+            for side in order:
+                if side in ("ghz", "bare"):
+                    port = lake_port if side == "ghz" else bare_port
+                    got[side] = _ghz(port, queries, warm, metadata)
+                    continue
+                if side == "python":
+                    once: Callable[[Query], int] = functools.partial(_python, stub)
+                else:
+                    once = functools.partial(_raw, conn, binary=side == "raw_binary")
+                for query in queries[:warm]:
+                    once(query)
+                got[side], counts[side] = [], []
+                for query in timed:
+                    started = time.perf_counter()
+                    counts[side].append(once(query))
+                    got[side].append(time.perf_counter() - started)
+            for query, lake, raw, binary in zip(
+                timed, counts["python"], counts["raw"], counts["raw_binary"], strict=True
+            ):
+                if not lake == min(raw, query.page) == min(binary, query.page):
+                    raise AssertionError(f"{kind}: rows returned {lake}, {raw}, {binary}")
+            per_round.append(
+                {f"{side}_p50_us": statistics.median(got[side]) * 1e6 for side in SIDES}
+            )
+            for side in SIDES:
+                samples[side].extend(got[side])
+    return {
+        "samples": samples,
+        "rounds": per_round,
+        "recorded_response_bytes": len(recorded),
+        "mean_rows": statistics.mean(counts["python"]),
+    }
+
+
+def _reference(
+    status_stub: Stub, conn: psycopg.Connection[Any], calls: int
+) -> dict[str, list[float]]:
+    """The floor under every query: the Lake's StatusService/GetStatus{refresh: false}
+    (answered from its cached health results, no engine) from the Python client, and
+    ``SELECT 1`` over the raw connection (text and binary results), in turn."""
+    samples: dict[str, list[float]] = {"python": [], "raw": [], "raw_binary": []}
+    request = status_pb2.GetStatusRequest(refresh=False)
+    for index in range(calls + 5):
+        for side in samples:
+            started = time.perf_counter()
+            if side == "python":
+                status_stub.GetStatus(request)
+            else:
+                conn.execute("SELECT 1", binary=side == "raw_binary").fetchall()
+            if index >= 5:
+                samples[side].append(time.perf_counter() - started)
+    return samples
+
+
 async def _run(quick: bool) -> Result:
     settings = load_settings()
     questdb = settings.engines.questdb
     rows = 100_000 if quick else 1_000_000
     rounds = 2
-    queries_per_kind = 40 if quick else 100
+    query_rounds = 2 if quick else 3
+    queries_per_round = 20 if quick else 50
     data = Data(rows)
     conf = sender_conf(questdb, settings.lake.timeseries)
     ingest: dict[str, list[float]] = {"lake": [], "raw": []}
-    latencies: dict[str, dict[str, list[float]]] = {}
+    measured: dict[str, dict[str, Any]] = {}
     created: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-ts-") as tmp,
@@ -448,11 +545,12 @@ async def _run(quick: bool) -> Result:
                         print(f"  ingest {side}: {rows / elapsed:,.0f} rows/s", flush=True)
                         _wait_applied(check, series_id, rows)
 
-                # Queries on the last Lake-written series (both sides read the same table).
+                # Queries on the last Lake-written series (every side reads the same table).
                 target = next(s for s in reversed(created) if "_lake_" in s)
-                rng = random.Random(5)
-                # Both sides use blocking clients (grpc's C-core stub, psycopg's sync
-                # connection), so neither pays for asyncio on the client side.
+                makers = _query_kinds(target, data, random.Random(5))
+                lake_port = int(address.rpartition(":")[2])
+                # The Python client and the raw side use blocking clients (grpc's C-core
+                # stub, psycopg's sync connection), so neither pays for asyncio.
                 with (
                     psycopg.connect(questdb.pg_url, autocommit=True) as conn,
                     grpc.insecure_channel(address) as sync_channel,
@@ -465,30 +563,14 @@ async def _run(quick: bool) -> Result:
                         status_pb2_grpc.StatusServiceStub(sync_channel),  # type: ignore[no-untyped-call]
                         service_metadata(),
                     )
-                    kinds = _query_kinds(sync_stub, status_stub, conn, target, data, rng)
-                    for kind, make in kinds.items():
-                        samples: dict[str, list[float]] = {side: [] for side in SIDES}
-                        for _ in range(5):  # warm-up
-                            for call in make():
-                                await call()
-                        for index in range(queries_per_kind):
-                            # Each side goes first, second and third in turn.
-                            shift = index % len(SIDES)
-                            calls = list(zip(SIDES, make(), strict=True))
-                            calls = calls[shift:] + calls[:shift]
-                            counts = {}
-                            for side, call in calls:
-                                started = time.perf_counter()
-                                counts[side] = await call()
-                                samples[side].append(time.perf_counter() - started)
-                            page = 1000 if kind == "single-groupby-1-1-1" else 10000
-                            if (
-                                not counts["lake"]
-                                == min(counts["raw"], page)
-                                == min(counts["raw_binary"], page)
-                            ):
-                                raise AssertionError(f"{kind}: rows returned {counts}")
-                        latencies[kind] = samples
+                    reference = _reference(status_stub, conn, query_rounds * queries_per_round)
+                    for kind, make in makers.items():
+                        print(f"  {kind} ...", flush=True)
+                        queries = [make() for _ in range(QUERY_WARM + queries_per_round)]
+                        measured[kind] = _measure_kind(
+                            kind, queries, QUERY_WARM, query_rounds,
+                            sync_stub, conn, lake_port, Path(tmp),
+                        )  # fmt: skip
             finally:
                 for series_id in created:
                     await stub.DeleteSeries(pb.DeleteSeriesRequest(name=f"series/{series_id}"))
@@ -497,54 +579,74 @@ async def _run(quick: bool) -> Result:
     raw_ingest = statistics.median(ingest["raw"])
     ratio = lake_ingest / raw_ingest
     table_rows: list[list[Any]] = [
-        ["ingest (rows/s)", lake_ingest, raw_ingest, "-", ratio, "lake/raw >= 0.7"]
+        ["ingest (rows/s)", lake_ingest, "-", raw_ingest, "-", "-", ratio, "lake/raw >= 0.7"]
     ]
     bars = [Bar("ingest rows/s lake/raw", ratio, INGEST_BAR, ">=")]
     details: dict[str, Any] = {"rows": rows, "batch": BATCH, "hosts": HOSTS, "ingest": ingest}
-    for kind, samples in latencies.items():
-        lake_stats = summarize_latencies(samples["lake"])
-        raw_stats = summarize_latencies(samples["raw"])
-        binary_stats = summarize_latencies(samples["raw_binary"])
+    ref = {side: summarize_latencies(values) for side, values in reference.items()}
+    details["reference"] = ref
+    table_rows.append(
+        ["reference p50 (us)", "-", ref["python"]["p50_us"], ref["raw"]["p50_us"],
+         ref["raw_binary"]["p50_us"], "-", "-", "none (GetStatus / SELECT 1)"]
+    )  # fmt: skip
+    for kind, found in measured.items():
+        stats = {side: summarize_latencies(found["samples"][side]) for side in SIDES}
+        raw_p50 = stats["raw"]["p50_us"]
+        limit = LATENCY_FACTOR * raw_p50 + LATENCY_SLACK_US
         details[kind] = {
-            "lake": lake_stats,
-            "raw": raw_stats,
-            "raw_binary": binary_stats,
-            "calls": len(samples["lake"]),
+            **stats,
+            "calls_per_side": len(found["samples"]["raw"]),
+            "rounds": found["rounds"],
+            "python_limit_us": limit,
+            "recorded_response_bytes": found["recorded_response_bytes"],
+            "mean_rows": found["mean_rows"],
         }
-        if kind == REFERENCE:
-            table_rows.append(
-                ["reference p50 (us)", lake_stats["p50_us"], raw_stats["p50_us"],
-                 binary_stats["p50_us"], lake_stats["p50_us"] / raw_stats["p50_us"],
-                 "none (GetStatus / SELECT 1)"]
-            )  # fmt: skip
-            continue
-        limit = LATENCY_FACTOR * raw_stats["p50_us"] + LATENCY_SLACK_US
         table_rows.append(
-            [f"{kind} p50 (us)", lake_stats["p50_us"], raw_stats["p50_us"],
-             binary_stats["p50_us"], lake_stats["p50_us"] / raw_stats["p50_us"],
-             f"lake <= {limit:,.0f}"]
+            [f"{kind} p50 (us)", stats["ghz"]["p50_us"], stats["python"]["p50_us"], raw_p50,
+             stats["raw_binary"]["p50_us"], stats["bare"]["p50_us"],
+             stats["ghz"]["p50_us"] / raw_p50, f"ghz <= {limit:,.0f}"]
         )  # fmt: skip
         bars.append(
-            Bar(f"{kind} p50 lake (us) <= 1.2 x raw + 1 ms", lake_stats["p50_us"], limit, "<=")
+            Bar(
+                f"{kind} p50 lake (ghz, us) <= 1.2 x raw + 1 ms",
+                stats["ghz"]["p50_us"],
+                limit,
+                "<=",
+            )
         )
     return Result(
         name=NAME,
         description=DESCRIPTION,
-        columns=["measure", "lake", "raw", "raw binary", "lake/raw", "bar"],
+        columns=[
+            "measure",
+            "lake (ghz)",
+            "lake (python)",
+            "raw",
+            "raw binary",
+            "bare (ghz)",
+            "lake/raw",
+            "bar",
+        ],
         rows=table_rows,
         bars=bars,
         details=details,
         notes=[
             f"{rows:,} rows, batches of {BATCH:,}, {rounds} rounds per side (median shown), "
             "each into a fresh series with DEDUP UPSERT KEYS(ts, hostname)",
-            "raw queries run the SQL text and parameters the Lake builds (datapunk_lake."
-            "timeseries.sql) over one psycopg connection; the Lake adds gRPC, protovalidate, "
-            "name checks and the conversion of rows to columns",
-            "the Lake asks QuestDB for binary results; raw uses psycopg's default (text) "
-            "results, the bars' peer; raw binary is the same statement with binary results "
-            "(reported, no bar)",
-            "reference: the Lake's StatusService/GetStatus{refresh: false} (no engine) and "
-            "SELECT 1 over the raw connection, the floor under every query of each side",
+            f"queries: {query_rounds} rounds of the same {queries_per_round} random queries "
+            f"per kind (after {QUERY_WARM} warm-up ones), one call in flight, the order of "
+            "the sides reversed every other round; p50 over all rounds",
+            "raw runs the SQL text and parameters the Lake builds (datapunk_lake.timeseries."
+            "sql) over one psycopg connection with its default (text) results, the bars' "
+            "peer; raw binary: the same with binary results, the format the Lake asks for",
+            "bars: the Lake called by ghz (Go, a client we did not write) with the very "
+            "requests of the python client (proto3 JSON, sent in turn); lake (python): the "
+            "same calls from this process's grpc stub, whose own per-call cost is in them "
+            "(no bar; bench/README.md says why)",
+            "bare: a bare grpc.aio server answering the same ghz calls with a recorded Lake "
+            "answer to the kind's first query: what gRPC alone costs a call of that shape",
+            "reference: the Lake's StatusService/GetStatus{refresh: false} (no engine) from "
+            "the python client and SELECT 1 over the raw connection",
         ],
     )
 

@@ -185,21 +185,29 @@ class QuestDBEngine:
     ) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]]:
         """Run ``statement`` on a pooled connection: its rows and the name and type oid of
         each column (none with ``fetch`` False). Written out rather than as a context
-        manager: this is on the path of every query."""
+        manager: this is on the path of every query.
+
+        The connection is taken with ``getconn``/``putconn`` rather than the pool's
+        ``connection()``, which also enters the connection itself and so commits on the way
+        out: with autocommit there is nothing to commit, but the no-op still takes the
+        connection's lock and runs psycopg's wait loop once per query. ``putconn`` checks
+        the connection's state as ``connection()`` does (a connection left in a transaction
+        or broken is rolled back or replaced)."""
         try:
-            async with (
-                self._pool.connection(timeout=_POOL_WAIT) as conn,
-                conn.cursor() as cursor,
-            ):
+            conn = await self._pool.getconn(timeout=_POOL_WAIT)
+        except PoolTimeout as exc:
+            raise _unavailable("no PG-wire connection", exc) from None
+        try:
+            async with conn.cursor() as cursor:
                 await cursor.execute(statement.text, statement.params or None, binary=binary)
                 if not fetch:
                     return [], []
                 rows = await cursor.fetchall()
                 return rows, _columns_of(cursor.pgresult)
-        except PoolTimeout as exc:
-            raise _unavailable("no PG-wire connection", exc) from None
         except psycopg.Error as exc:
             raise _engine_error(exc) from None
+        finally:
+            await self._pool.putconn(conn)
 
     async def execute(self, statement: Statement) -> None:
         await self._rows(statement, fetch=False)
