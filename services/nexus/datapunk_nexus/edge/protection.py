@@ -12,6 +12,7 @@ from datapunk_shared.errors import FieldViolation, InvalidArgument, PermissionDe
 
 __all__ = [
     "API_CSP",
+    "ClientAddresses",
     "CorsPolicy",
     "IpFilter",
     "check_path",
@@ -107,6 +108,42 @@ class IpFilter:
                 reason="IP_NOT_ALLOWED",
                 metadata={"client_ip": client},
             )
+
+
+class ClientAddresses:
+    """``client_address`` then ``IpFilter.check`` for each request, with both answers
+    remembered per (peer, X-Forwarded-For): a client sends many requests from one
+    address, and parsing and matching addresses is most of the work. The memo is bounded
+    (callers choose the forwarded-for text) and emptied when full."""
+
+    def __init__(
+        self, ip_filter: IpFilter, trusted: Sequence[IpNetwork], *, size: int = 4096
+    ) -> None:
+        self._filter = ip_filter
+        self._trusted = tuple(trusted)
+        self._size = size
+        self._seen: dict[tuple[str, str | None], tuple[str, bool]] = {}
+
+    def resolve(self, peer: str, forwarded_for: str | None) -> tuple[str, bool]:
+        """The client's address, and whether the filter lets it in (``check`` raises
+        the refusal)."""
+        key = (peer, forwarded_for)
+        found = self._seen.get(key)
+        if found is None:
+            client = client_address(peer, forwarded_for, self._trusted)
+            try:
+                self._filter.check(client)
+                found = (client, True)
+            except PermissionDenied:
+                found = (client, False)
+            if len(self._seen) >= self._size:
+                self._seen.clear()
+            self._seen[key] = found
+        return found
+
+    def check(self, client: str) -> None:
+        """Raise the filter's refusal of ``client``."""
+        self._filter.check(client)
 
 
 @dataclass(frozen=True)

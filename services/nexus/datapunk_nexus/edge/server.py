@@ -35,10 +35,10 @@ from datapunk_nexus.edge.docs import DOCS_CSP, render_docs
 from datapunk_nexus.edge.http_server import JsonErrorServer
 from datapunk_nexus.edge.openapi import build_openapi
 from datapunk_nexus.edge.protection import (
+    ClientAddresses,
     CorsPolicy,
     IpFilter,
     check_path,
-    client_address,
     security_headers,
 )
 from datapunk_nexus.edge.routes import Route, RouteTable
@@ -162,6 +162,25 @@ def _body_too_large(limit: int) -> _Refused:
     )
 
 
+def _literal_routes(by_method: Mapping[str, list[Route]]) -> dict[tuple[str, str], Route]:
+    """``(HTTP method, path) -> route`` for templates without variables or wildcards that
+    no route before them in the table would take: looking those up gives the answer
+    trying every template in order would give, without the regular expressions."""
+    found: dict[tuple[str, str], Route] = {}
+    for method, routes in by_method.items():
+        for index, route in enumerate(routes):
+            path = route.template.literal_path
+            if path is None or (method, path) in found:
+                continue
+            try:
+                taken = any(other.template.match(path) is not None for other in routes[:index])
+            except TemplateError:
+                taken = True
+            if not taken:
+                found[(method, path)] = route
+    return found
+
+
 class RestEdge:
     """The REST/JSON edge of Nexus; ``start`` binds it inside the running asyncio loop."""
 
@@ -198,6 +217,8 @@ class RestEdge:
             [str(n) for n in settings.ip_allow], [str(n) for n in settings.ip_deny]
         )
         self._trusted = tuple(settings.trusted_proxies)
+        self._addresses = ClientAddresses(self._ip_filter, self._trusted)
+        self._literal = _literal_routes(self._by_method)
         self._security = dict(security_headers(settings.hsts_max_age))
         self.openapi = build_openapi(
             table, is_public=guard.is_public if guard is not None else None
@@ -329,10 +350,11 @@ class RestEdge:
             )
         raw_path = request.raw_path.split("?", 1)[0]
         check_path(raw_path)
-        exchange.client_ip = client_address(
-            str(request.remote or ""), request.headers.get("X-Forwarded-For"), self._trusted
+        exchange.client_ip, allowed = self._addresses.resolve(
+            str(request.remote or ""), request.headers.get("X-Forwarded-For")
         )
-        self._ip_filter.check(exchange.client_ip)
+        if not allowed:
+            self._addresses.check(exchange.client_ip)  # raises the refusal
 
         origin = request.headers.get("Origin")
         if (
@@ -401,6 +423,9 @@ class RestEdge:
         return response
 
     def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        literal = self._literal.get((method, raw_path))
+        if literal is not None:
+            return literal, {}
         for route in self._by_method.get(method, ()):
             try:
                 values = route.template.match(raw_path)
@@ -504,7 +529,8 @@ class RestEdge:
         request = exchange.request
         raw = await self._read_body(request) if request.can_read_body else b""
         body = parse_json_body(raw) if raw.strip() else None
-        return encode_request(route, values, request.rel_url.query.items(), body)
+        query = request.rel_url.query.items() if request.query_string else ()
+        return encode_request(route, values, query, body)
 
     async def _unary(
         self, exchange: _Exchange, route: Route, values: dict[str, str]

@@ -83,6 +83,15 @@ class PathTemplate:
         return cls(text, tuple(parts), verb, re.compile(_regex_of(parts, verb)))
 
     @property
+    def literal_path(self) -> str | None:
+        """The one path this template matches when it has no variables or wildcards
+        (checked against its own expression), else None."""
+        if any(not isinstance(p, str) or p in ("*", "**") for p in self.parts):
+            return None
+        path = self.text
+        return path if self._regex.fullmatch(path) is not None else None
+
+    @property
     def variables(self) -> tuple[str, ...]:
         """The field paths the template binds, in order."""
         return tuple(p.field_path for p in self.parts if isinstance(p, _Variable))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from datapunk_shared.errors import FieldViolation, Internal, InvalidArgument
@@ -19,6 +19,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from datapunk_nexus.edge.proto_json import message_to_json_object
 from datapunk_nexus.edge.routes import Route
 
 __all__ = ["decode_response", "encode_request", "message_class", "parse_json_body"]
@@ -176,10 +177,12 @@ def _merge_bindings(
 def encode_request(
     route: Route,
     path_values: dict[str, str],
-    query: Iterable[tuple[str, str]],
+    query: Collection[tuple[str, str]],
     body: Any,
 ) -> bytes:
     """The serialized request message. ``body`` is the parsed JSON body (None: no body)."""
+    if body is None and not path_values and not query:
+        return b""  # nothing set: the empty message, whatever its type
     document: Json = {}
     if route.body == "*":
         if body is not None:
@@ -225,7 +228,7 @@ def decode_response(route: Route, data: bytes) -> bytes:
         message.ParseFromString(data)
     except DecodeError:
         raise Internal("the backend answered with a malformed message") from None
-    document: Any = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    document: Any = message_to_json_object(message)
     if route.response_body:
         field = route.output.fields_by_name[route.response_body]
         document = document.get(field.json_name)
