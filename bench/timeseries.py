@@ -294,7 +294,11 @@ class Query:
     """The request's page size: the Lake returns at most this many of the raw rows."""
 
     def json(self) -> dict[str, Any]:
-        return json_format.MessageToDict(self.request)
+        """The request in proto3 JSON, checked to read back as the very same message."""
+        found = json_format.MessageToDict(self.request)
+        if json_format.ParseDict(found, type(self.request)()) != self.request:
+            raise AssertionError(f"{self.method}: the JSON request differs from the message")
+        return found
 
 
 SIDES = ("ghz", "python", "raw", "raw_binary", "bare")
