@@ -3,14 +3,16 @@ interceptors, no logging, no metrics (server reflection on, for ghz), answering 
 with a fixed response read from a file.
 
     python -m bench.bare_server --port PORT --response FILE
-    python -m bench.bare_server --port PORT --response FILE --method /pkg.Service/Method
+    python -m bench.bare_server --port PORT --response FILE --method /pkg.Service/Method \
+        [--module pkg_pb2]
 
 Without ``--method`` it serves ``datapunk.stream.v1.StatusService`` (``service_overhead``:
 the bytes of a real Stream ``GetStatus`` answer). With ``--method`` it serves that one
-unary method through a generic handler that answers the response file's bytes as they are
-(``spatial``, ``vectors``: the bytes of a real Lake answer to the same kind of call), so a
-benchmark can show what gRPC alone costs for a call of that shape and size: the request
-is received but not parsed (a few microseconds in a real server), nothing else is done.
+unary method through a generic handler answering the response file (``spatial``,
+``vectors``: a real Lake answer to the same kind of call), so a benchmark can show what
+gRPC alone costs a call of that shape and size. With ``--module`` (the generated module
+of the method's service) each request is parsed into its message and the response
+message serialized, as any server of that method must; nothing else is done.
 
 It is built by ``datapunk_shared.rpc.server.create_server`` (the services' server
 options), without interceptors or edges, and stops on SIGTERM/SIGINT."""
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 import sys
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from typing import Any
 import grpc
 from datapunk.stream.v1 import status_pb2, status_pb2_grpc
 from datapunk_shared.rpc.server import PortInUse, create_server
+from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection
 
 from bench.common import REPO_ROOT, clean_env, free_port, start_logged, stop_process, wait_grpc
@@ -47,17 +51,33 @@ class BareStatusServicer(stream_grpc.StatusServiceServicer):  # type: ignore[mis
         return self.response
 
 
-def _fixed_answer(method: str, response: bytes) -> grpc.GenericRpcHandler:
-    """A handler of the unary ``method`` (``/pkg.Service/Method``) answering ``response``,
-    serialized already: no (de)serializers, so bytes go in and out as they are."""
+def _fixed_answer(method: str, response: bytes, module: str | None) -> grpc.GenericRpcHandler:
+    """A handler of the unary ``method`` (``/pkg.Service/Method``) answering ``response``.
+    With ``module`` (the generated ``_pb2`` module that defines the service) the request is
+    parsed into its message and the response, parsed once, is serialized on every call,
+    as a real server of that method must; without it bytes go in and out as they are."""
     service, _, name = method.lstrip("/").rpartition("/")
+    if module is None:
 
-    async def answer(request: bytes, context: Any) -> bytes:
-        return response
+        async def raw(request: bytes, context: Any) -> bytes:
+            return response
 
-    return grpc.method_handlers_generic_handler(
-        service, {name: grpc.unary_unary_rpc_method_handler(answer)}
-    )
+        handler: Any = grpc.unary_unary_rpc_method_handler(raw)
+    else:
+        importlib.import_module(module)
+        descriptor = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+        request_type = message_factory.GetMessageClass(descriptor.input_type)
+        answer = message_factory.GetMessageClass(descriptor.output_type).FromString(response)
+
+        async def parsed(request: Any, context: Any) -> Any:
+            return answer
+
+        handler = grpc.unary_unary_rpc_method_handler(
+            parsed,
+            request_deserializer=request_type.FromString,
+            response_serializer=type(answer).SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service, {name: handler})
 
 
 async def serve(
@@ -65,6 +85,7 @@ async def serve(
     response: bytes,
     method: str | None = None,
     max_concurrent_rpcs: int | None = None,
+    module: str | None = None,
 ) -> None:
     try:
         server, _ = create_server(f"127.0.0.1:{port}", maximum_concurrent_rpcs=max_concurrent_rpcs)
@@ -83,7 +104,7 @@ async def serve(
             server,
         )
     else:
-        server.add_generic_rpc_handlers((_fixed_answer(method, response),))
+        server.add_generic_rpc_handlers((_fixed_answer(method, response, module),))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,16 +117,21 @@ async def serve(
 
 
 @contextmanager
-def running_bare_server(method: str, response: bytes, workdir: Path) -> Iterator[int]:
+def running_bare_server(
+    method: str, response: bytes, workdir: Path, module: str | None = None
+) -> Iterator[int]:
     """A bare server on a free loopback port answering ``method`` (``/pkg.Service/Method``)
-    with ``response`` (serialized); yields its port once it answers, stops it on the way
-    out. Its log is ``workdir/bare.log``."""
+    with ``response`` (serialized; parsed requests and a serialized response with
+    ``module``, see ``_fixed_answer``); yields its port once it answers, stops it on the
+    way out. Its log is ``workdir/bare.log``."""
     answer = workdir / "bare-response.bin"
     answer.write_bytes(response)
     port = free_port()
     log = workdir / "bare.log"
     command = [sys.executable, "-m", "bench.bare_server", "--port", str(port)]
     command += ["--response", str(answer), "--method", method]
+    if module is not None:
+        command += ["--module", module]
     process = start_logged(
         command,
         env=clean_env(),
@@ -114,7 +140,7 @@ def running_bare_server(method: str, response: bytes, workdir: Path) -> Iterator
     )
 
     def probe(channel: grpc.Channel) -> None:
-        call: Any = channel.unary_unary(method)
+        call: Any = channel.unary_unary(method)  # bytes in and out
         got = call(b"", timeout=1.0)
         if got != response:
             raise RuntimeError("the bare server does not answer what it was given")
@@ -139,8 +165,21 @@ def main() -> None:
         type=int,
         help="grpc.aio's own limit of calls in flight (RESOURCE_EXHAUSTED beyond it)",
     )
+    parser.add_argument(
+        "--module",
+        help="with --method: the generated _pb2 module defining its service; requests are "
+        "then parsed and the response serialized on every call",
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.response.read_bytes(), args.method, args.max_concurrent_rpcs))
+    asyncio.run(
+        serve(
+            args.port,
+            args.response.read_bytes(),
+            args.method,
+            args.max_concurrent_rpcs,
+            args.module,
+        )
+    )
 
 
 if __name__ == "__main__":

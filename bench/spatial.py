@@ -319,7 +319,9 @@ async def _latencies(
         per_round: list[dict[str, Any]] = []
         all_times: dict[str, list[float]] = {side: [] for side in _SIDES}
         results: dict[str, list[int]] = {"python": [], "raw": []}
-        with running_bare_server("/" + _METHODS[kind], recorded, workdir) as bare_port:
+        with running_bare_server(
+            "/" + _METHODS[kind], recorded, workdir, module=spatial_pb2.__name__
+        ) as bare_port:
             for rnd in range(rounds):
                 order = _SIDES if rnd % 2 == 0 else tuple(reversed(_SIDES))
                 times: dict[str, list[float]] = {}

@@ -395,7 +395,9 @@ def run(quick: bool = False) -> Result:
                 )
             ).SerializeToString()
             details["recorded_search_response_bytes"] = len(recorded)
-            with running_bare_server("/" + SEARCH_METHOD, recorded, work) as bare_port:
+            with running_bare_server(
+                "/" + SEARCH_METHOD, recorded, work, module=pb.__name__
+            ) as bare_port:
                 for rnd in range(ROUNDS):
                     sides = ("raw", "lake", "ghz", "bare")
                     got: dict[str, list[float]] = {}
