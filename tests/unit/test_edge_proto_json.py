@@ -16,7 +16,14 @@ from datapunk_nexus.edge.proto_json import message_to_json_object
 from datapunk_nexus.edge.routes import default_descriptor_set, load_routes
 from datapunk_nexus.edge.transcode import message_class
 from google.api import annotations_pb2, http_pb2
-from google.protobuf import any_pb2, descriptor_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import (
+    any_pb2,
+    descriptor_pb2,
+    duration_pb2,
+    json_format,
+    struct_pb2,
+    timestamp_pb2,
+)
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
@@ -198,3 +205,48 @@ def test_a_recursive_proto2_type_with_closed_enums() -> None:
     files = descriptor_pb2.FileDescriptorSet.FromString(edge_descriptor_set().read_bytes())
     for file in files.file:
         _same_json(file)
+
+
+_NANOS = [0, 1, 999, 1_000, 7_000, 1_000_000, 5_000_000, 123_456_789, 999_999_999]
+
+
+@given(
+    seconds=st.integers(-62135596800, 253402300799)
+    | st.sampled_from([-62135596800, 0, 253402300799]),
+    nanos=st.sampled_from(_NANOS) | st.integers(0, 999_999_999),
+)
+def test_timestamps_print_as_json_format_does(seconds: int, nanos: int) -> None:
+    _same_json(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
+    _same_json(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))  # remembered second
+
+
+@given(
+    seconds=st.integers(0, 315576000000) | st.sampled_from([0, 1, 315576000000]),
+    nanos=st.sampled_from(_NANOS) | st.integers(0, 999_999_999),
+    negative=st.booleans(),
+)
+def test_durations_print_as_json_format_does(seconds: int, nanos: int, negative: bool) -> None:
+    sign = -1 if negative else 1
+    _same_json(duration_pb2.Duration(seconds=sign * seconds, nanos=sign * nanos))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        timestamp_pb2.Timestamp(seconds=253402300800),
+        timestamp_pb2.Timestamp(seconds=-62135596801),
+        timestamp_pb2.Timestamp(seconds=1, nanos=-1),
+        timestamp_pb2.Timestamp(seconds=1, nanos=1_000_000_000),
+        duration_pb2.Duration(seconds=315576000001),
+        duration_pb2.Duration(seconds=1, nanos=-1),
+        duration_pb2.Duration(seconds=-1, nanos=1),
+        duration_pb2.Duration(nanos=1_000_000_000),
+    ],
+    ids=str,
+)
+def test_out_of_range_timestamps_and_durations_fail_as_json_format_does(message: Message) -> None:
+    with pytest.raises(ValueError, match="is not valid") as theirs:
+        _expected(message)
+    with pytest.raises(ValueError, match="is not valid") as ours:
+        message_to_json_object(message)
+    assert str(ours.value) == str(theirs.value)

@@ -11,9 +11,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from datapunk_nexus.edge import server as edge_server
 from datapunk_nexus.edge.server import RestEdge
 from datapunk_nexus.policy import CallInfo
 from datapunk_shared.errors import ResourceExhausted, Unavailable
+from structlog.testing import capture_logs
 
 from tests.edge_support import ItemBackend, item_backend, rest_edge
 from tests.support import free_port
@@ -322,6 +324,44 @@ async def test_security_headers_and_request_id(edge: RestEdge) -> None:
     assert status == 404
     assert len(headers["X-Request-Id"]) == 16  # made up when missing, errors included
     assert headers["X-Frame-Options"] == "DENY"
+
+
+async def test_the_access_log_line_follows_the_answer(
+    edge: RestEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps: list[str] = []
+    send = edge_server._send
+
+    async def recorded_send(request: Any, response: Any) -> None:
+        await send(request, response)
+        steps.append(f"sent {response.status}")
+
+    monkeypatch.setattr(edge_server, "_send", recorded_send)
+    with capture_logs() as logs:
+        status, _, _ = await call(edge, "POST", "/v1/test/control", {})
+        steps.extend(f"logged {e['status']}" for e in logs if e["event"] == "http")
+    assert status == 200
+    assert steps == ["sent 200", "logged 200"]
+
+
+async def test_a_client_that_hangs_up_before_its_answer(edge: RestEdge) -> None:
+    body = b'{"sleep": "0.3s"}'
+    with capture_logs() as logs:
+        _, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(
+            b"POST /v1/test/control HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()  # gone before the backend answers
+        await writer.wait_closed()
+        await asyncio.sleep(0.6)
+        # The edge wrote its log line, raised nothing, and serves the next client.
+        status, _, _ = await call(edge, "POST", "/v1/test/control", {})
+    assert status == 200
+    lines = [e for e in logs if e["event"] == "http"]
+    assert [e["status"] for e in lines] == [200, 200]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
 
 
 async def test_gate_sees_the_call_and_adds_its_headers(edge: RestEdge) -> None:

@@ -17,6 +17,7 @@ the contracts with generated messages."""
 from __future__ import annotations
 
 import base64
+import datetime
 import math
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +32,6 @@ __all__ = ["message_to_json_object"]
 _Convert = Callable[[Any], Any]
 _Entry = tuple[str, int, "_Convert | None"]
 
-_BY_TO_JSON_STRING = frozenset(
-    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
-)
 _BY_JSON_FORMAT = frozenset(
     {
         "google.protobuf.Any",
@@ -79,7 +77,11 @@ def _converter_of(descriptor: Any) -> _Convert:
 
 def _message_converter(descriptor: Descriptor) -> _Convert:
     name = descriptor.full_name
-    if name in _BY_TO_JSON_STRING:
+    if name == "google.protobuf.Timestamp":
+        return _timestamp
+    if name == "google.protobuf.Duration":
+        return _duration
+    if name == "google.protobuf.FieldMask":
         return _to_json_string
     if name in _BY_JSON_FORMAT:
         return _json_format
@@ -98,6 +100,52 @@ _PLAIN, _SINGULAR, _REPEATED, _MAP = 0, 1, 2, 3
 
 def _to_json_string(message: Any) -> Any:
     return message.ToJsonString()
+
+
+# Timestamp.ToJsonString and Duration.ToJsonString, without their float arithmetic and
+# repeated checks: the same text (an out-of-range value goes to them, to raise their
+# error). A timestamp's date and time part is remembered per second: answers carry the
+# same few instants (start times, the last health check) again and again.
+_TIMESTAMP_MIN, _TIMESTAMP_MAX = -62135596800, 253402300799
+_DURATION_MAX = 315576000000
+_NANOS = 1_000_000_000
+_EPOCH = datetime.datetime(1970, 1, 1)
+_SECONDS_TEXT: dict[int, str] = {}
+
+
+def _fraction(nanos: int) -> str:
+    if nanos == 0:
+        return ""
+    if nanos % 1_000_000 == 0:
+        return f".{nanos // 1_000_000:03d}"
+    if nanos % 1000 == 0:
+        return f".{nanos // 1000:06d}"
+    return f".{nanos:09d}"
+
+
+def _timestamp(message: Any) -> str:
+    seconds, nanos = message.seconds, message.nanos
+    if not (_TIMESTAMP_MIN <= seconds <= _TIMESTAMP_MAX and 0 <= nanos < _NANOS):
+        return str(message.ToJsonString())
+    text = _SECONDS_TEXT.get(seconds)
+    if text is None:
+        if len(_SECONDS_TEXT) >= 4096:
+            _SECONDS_TEXT.clear()
+        text = _SECONDS_TEXT[seconds] = (_EPOCH + datetime.timedelta(seconds=seconds)).isoformat()
+    return f"{text}{_fraction(nanos)}Z"
+
+
+def _duration(message: Any) -> str:
+    seconds, nanos = message.seconds, message.nanos
+    if (
+        not (-_DURATION_MAX <= seconds <= _DURATION_MAX and -_NANOS < nanos < _NANOS)
+        or (nanos < 0 and seconds > 0)
+        or (nanos > 0 and seconds < 0)
+    ):
+        return str(message.ToJsonString())
+    if seconds < 0 or nanos < 0:
+        return f"-{-seconds}{_fraction(-nanos)}s"
+    return f"{seconds}{_fraction(nanos)}s"
 
 
 class _RegularMessage:

@@ -181,6 +181,19 @@ def _literal_routes(by_method: Mapping[str, list[Route]]) -> dict[tuple[str, str
     return found
 
 
+async def _send(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Send ``response`` now (aiohttp would once ``handle`` returned, and finds it sent):
+    the access log line is then written after the answer has left, not before. A client
+    that went away is aiohttp's to notice, as it would have been."""
+    if response.prepared:  # a stream, written as it went
+        return
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass
+
+
 class RestEdge:
     """The REST/JSON edge of Nexus; ``start`` binds it inside the running asyncio loop."""
 
@@ -286,27 +299,8 @@ class RestEdge:
         exchange = _Exchange(request, rid, headers)
         response: web.StreamResponse | None = None
         try:
-            response = await self._dispatch(exchange)
-        except _Refused as refused:
-            exchange.headers.update(refused.headers)
-            response = self._error(exchange, answer_for_error(refused.error, refused.http_status))
-            response.force_close()  # an unread body may follow; do not reuse the connection
-        except DatapunkError as exc:
-            # Retry-After and, for a rate limit, the RateLimit-* headers of a refusal.
-            exchange.headers.update(rejection_headers(exc))
-            if exc.code == "UNAUTHENTICATED":  # RFC 6750 section 3
-                exchange.headers["WWW-Authenticate"] = 'Bearer realm="datapunk"'
-
-            response = self._error(exchange, answer_for_error(exc))
-        except grpc.aio.AioRpcError as exc:  # pragma: no cover - handled where calls are made
-            response = self._error(exchange, answer_for_rpc_error(exc, backend="?", timeout=None))
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            log.error("unhandled edge error", exc_info=exc)
-            error = Internal("internal error; see the Nexus log for the request id")
-            error.metadata["request_id"] = rid
-            response = self._error(exchange, answer_for_error(error))
+            response = await self._answer(exchange)
+            await _send(request, response)
         finally:
             if self.settings.access_log:
                 log.info(
@@ -320,6 +314,31 @@ class RestEdge:
                 )
             request_id_var.reset(token)
         return response
+
+    async def _answer(self, exchange: _Exchange) -> web.StreamResponse:
+        """The answer to the request: its route's, or the JSON error it met."""
+        try:
+            return await self._dispatch(exchange)
+        except _Refused as refused:
+            exchange.headers.update(refused.headers)
+            response = self._error(exchange, answer_for_error(refused.error, refused.http_status))
+            response.force_close()  # an unread body may follow; do not reuse the connection
+            return response
+        except DatapunkError as exc:
+            # Retry-After and, for a rate limit, the RateLimit-* headers of a refusal.
+            exchange.headers.update(rejection_headers(exc))
+            if exc.code == "UNAUTHENTICATED":  # RFC 6750 section 3
+                exchange.headers["WWW-Authenticate"] = 'Bearer realm="datapunk"'
+            return self._error(exchange, answer_for_error(exc))
+        except grpc.aio.AioRpcError as exc:  # pragma: no cover - handled where calls are made
+            return self._error(exchange, answer_for_rpc_error(exc, backend="?", timeout=None))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.error("unhandled edge error", exc_info=exc)
+            error = Internal("internal error; see the Nexus log for the request id")
+            error.metadata["request_id"] = exchange.request_id
+            return self._error(exchange, answer_for_error(error))
 
     def _error(self, exchange: _Exchange, answer: ErrorAnswer) -> web.Response:
         return web.Response(
