@@ -339,6 +339,7 @@ async def test_the_access_log_line_follows_the_answer(
     monkeypatch.setattr(edge_server, "_send", recorded_send)
     with capture_logs() as logs:
         status, _, _ = await call(edge, "POST", "/v1/test/control", {})
+        await asyncio.sleep(0.05)  # past the access log's delay
         steps.extend(f"logged {e['status']}" for e in logs if e["event"] == "http")
     assert status == 200
     assert steps == ["sent 200", "logged 200"]
@@ -358,6 +359,7 @@ async def test_a_client_that_hangs_up_before_its_answer(edge: RestEdge) -> None:
         await asyncio.sleep(0.6)
         # The edge wrote its log line, raised nothing, and serves the next client.
         status, _, _ = await call(edge, "POST", "/v1/test/control", {})
+        await asyncio.sleep(0.05)  # past the access log's delay
     assert status == 200
     lines = [e for e in logs if e["event"] == "http"]
     assert [e["status"] for e in lines] == [200, 200]

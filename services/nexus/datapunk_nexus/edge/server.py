@@ -31,6 +31,7 @@ from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.server import PortInUse
 
 from datapunk_nexus.backends import Backends
+from datapunk_nexus.edge.access_log import AccessLog
 from datapunk_nexus.edge.docs import DOCS_CSP, render_docs
 from datapunk_nexus.edge.http_server import JsonErrorServer
 from datapunk_nexus.edge.openapi import build_openapi
@@ -239,6 +240,8 @@ class RestEdge:
         self._openapi_body = json.dumps(self.openapi, separators=(",", ":")).encode()
         self._docs_body = render_docs(self.openapi).encode()
         self._plain: dict[str, dict[str, _Plain]] = {}
+        # One line per request, written off the request path (None: access log off).
+        self.access_log: AccessLog | None = AccessLog() if settings.access_log else None
         self._runner: web.ServerRunner | None = None
         self.port = 0
 
@@ -284,6 +287,8 @@ class RestEdge:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        if self.access_log is not None:
+            self.access_log.flush()  # the lines of the last requests
         if self._owns_backends:
             await self.backends.close()
 
@@ -302,9 +307,9 @@ class RestEdge:
             response = await self._answer(exchange)
             await _send(request, response)
         finally:
-            if self.settings.access_log:
-                log.info(
-                    "http",
+            if self.access_log is not None:
+                self.access_log.record(
+                    request_id=rid,
                     method=request.method,
                     path=request.path,
                     status=response.status if response is not None else 499,
@@ -567,11 +572,14 @@ class RestEdge:
             if data is None:
                 stub = self.backends.callable(route.owner, route.grpc_method, "unary_unary")
                 try:
-                    data = await stub(
+                    answer = stub(
                         payload,
                         timeout=timeout,
                         metadata=self._metadata(exchange, route.owner, identity),
                     )
+                    if self.access_log is not None:
+                        self.access_log.flush_soon()  # while the backend works
+                    data = await answer
                 except grpc.aio.AioRpcError as exc:
                     if self.guard is not None:
                         refusal = error_from_rpc_error(exc)
