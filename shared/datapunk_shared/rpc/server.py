@@ -6,6 +6,7 @@ NOT_SERVING first, then in-flight calls get ``shutdown_grace`` seconds to finish
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -220,6 +221,11 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    # Everything set up so far (modules, descriptors, pools, caches) lives as long as the
+    # process: move it out of the collector's reach, so that a full collection walks only
+    # what calls allocate (one took ~240 ms on Nexus's start-up heap, a p99 spike).
+    gc.collect()
+    gc.freeze()
     await server.start()
     log.info(
         "listening",
