@@ -764,6 +764,9 @@ def test_use_after_key_deletion(tmp_path: Path) -> None:
             DATAPUNK_AUTH__JWKS__MIN_TTL="0.5",
             DATAPUNK_AUTH__JWKS__DEFAULT_TTL="1",
             DATAPUNK_AUTH__JWKS__MAX_TTL="1",
+            # It deletes the suite issuer's key, which every other Nexus of the suite
+            # trusts: its announcement must reach its own service port only.
+            DATAPUNK_AUTH__KEY_EVENTS_CHANNEL=f"datapunk:test:keys:{uuid.uuid4().hex}",
         )
         with _nexus(tmp_path, env, rest_port, entry_port, issuer().admin_key, "default") as nexus:
             client = _client(nexus, refresh=False)

@@ -183,8 +183,12 @@ class JwksKeySource:
                 await asyncio.wait([stale])
                 if state.inflight is stale:
                     state.inflight = None
+            before = state.keys
             await self._refresh(state)
-            self._drop(state, removed)  # the issuer unreachable: the old set stayed
+            if state.keys is before:
+                # The issuer unreachable: the old set stayed, minus ``removed``. A set
+                # fetched after the change is the issuer's word, even on these kids.
+                self._drop(state, removed)
 
     @staticmethod
     def _drop(state: _Issuer, removed: Collection[str]) -> None:
