@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import Any
 
 import grpc
+from datapunk_shared.rpc.server import PortInUse, create_server
+
+from bench.bare_server import serve_until_signalled
 
 
 class PassThrough(grpc.GenericRpcHandler):
@@ -46,19 +48,12 @@ class PassThrough(grpc.GenericRpcHandler):
 
 async def serve(port: int, target: str) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((PassThrough(channel),))
-        if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
-            raise SystemExit(f"bare_proxy: port {port} is in use")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await server.start()
         try:
-            await stop.wait()
-        finally:
-            await server.stop(1.0)
+            server, _ = create_server(f"127.0.0.1:{port}")  # the services' server options
+        except PortInUse as exc:
+            raise SystemExit(f"bare_proxy: {exc}") from None
+        server.add_generic_rpc_handlers((PassThrough(channel),))
+        await serve_until_signalled(server)
 
 
 def main() -> None:

@@ -105,6 +105,11 @@ async def serve(
         )
     else:
         server.add_generic_rpc_handlers((_fixed_answer(method, response, module),))
+    await serve_until_signalled(server)
+
+
+async def serve_until_signalled(server: grpc.aio.Server) -> None:
+    """Start ``server`` and serve until SIGTERM or SIGINT, then stop it."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,6 +129,21 @@ def running_bare_server(
     with ``response`` (serialized; parsed requests and a serialized response with
     ``module``, see ``_fixed_answer``); yields its port once it answers, stops it on the
     way out. Its log is ``workdir/bare.log``."""
+    with bare_server_process(method, response, workdir, module=module) as (port, _):
+        yield port
+
+
+@contextmanager
+def bare_server_process(
+    method: str,
+    response: bytes,
+    workdir: Path,
+    *,
+    module: str | None = None,
+    max_concurrent_rpcs: int | None = None,
+) -> Iterator[tuple[int, int]]:
+    """``running_bare_server``, bounded by grpc.aio's own ``max_concurrent_rpcs`` when
+    given; yields its port and process id."""
     answer = workdir / "bare-response.bin"
     answer.write_bytes(response)
     port = free_port()
@@ -132,12 +152,9 @@ def running_bare_server(
     command += ["--response", str(answer), "--method", method]
     if module is not None:
         command += ["--module", module]
-    process = start_logged(
-        command,
-        env=clean_env(),
-        log=log,
-        cwd=REPO_ROOT,
-    )
+    if max_concurrent_rpcs is not None:
+        command += ["--max-concurrent-rpcs", str(max_concurrent_rpcs)]
+    process = start_logged(command, env=clean_env(), log=log, cwd=REPO_ROOT)
 
     def probe(channel: grpc.Channel) -> None:
         call: Any = channel.unary_unary(method)  # bytes in and out
@@ -147,7 +164,7 @@ def running_bare_server(
 
     try:
         wait_grpc(process, f"127.0.0.1:{port}", what="the bare server", probe=probe, log=log)
-        yield port
+        yield port, process.pid
     finally:
         stop_process(process)
 

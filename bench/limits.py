@@ -68,9 +68,9 @@ from datapunk_shared.config import (
 from datapunk_shared.errors import Unavailable
 from redis.asyncio import Redis
 
+from bench.bare_server import bare_server_process
 from bench.common import (
     BIN,
-    REPO_ROOT,
     Authed,
     Bar,
     Result,
@@ -464,24 +464,10 @@ def _limited_bare_server(workdir: Path, lake_address: str) -> Iterator[tuple[int
     with grpc.insecure_channel(lake_address) as channel:
         call: Any = channel.unary_unary(method)  # bytes in, bytes out
         answer: bytes = call(b"", timeout=5.0, metadata=service_metadata())
-    response = workdir / "lake-status.bin"
-    response.write_bytes(answer)
-    port = free_port()
-    log = workdir / "bare-limited.log"
-    command = [sys.executable, "-m", "bench.bare_server", "--port", str(port)]
-    command += ["--response", str(response), "--method", method]
-    command += ["--max-concurrent-rpcs", str(CAPACITY_IN_FLIGHT)]
-    process = start_logged(command, env=clean_env(), log=log, cwd=REPO_ROOT)
-    try:
-
-        def probe(channel: grpc.Channel) -> None:
-            bare: Any = channel.unary_unary(method)
-            bare(b"", timeout=1.0)
-
-        wait_grpc(process, f"127.0.0.1:{port}", what="the bare server", probe=probe, log=log)
-        yield port, process.pid
-    finally:
-        stop_process(process)
+    with bare_server_process(
+        method, answer, workdir, max_concurrent_rpcs=CAPACITY_IN_FLIGHT
+    ) as running:
+        yield running
 
 
 def _ghz_calls(

@@ -27,7 +27,6 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
@@ -37,6 +36,7 @@ from redis.backoff import NoBackoff
 from datapunk_shared.auth.keys import KID_PATTERN
 from datapunk_shared.config import Settings
 from datapunk_shared.logging import get_logger
+from datapunk_shared.pubsub import ChannelListener
 
 __all__ = [
     "KEY_EVENTS_PUBLISHED",
@@ -169,8 +169,9 @@ def key_event_publisher(settings: Settings, issuer: str) -> KeyEventPublisher | 
 
 
 class KeyEventSubscriber:
-    """Listens on ``channel`` and calls ``on_change`` for what it hears, in a background
-    task between ``start()`` and ``stop()``, never failing the process.
+    """Listens on ``channel`` (a ``ChannelListener``) and calls ``on_change`` for what it
+    hears, in a background task between ``start()`` and ``stop()``, never failing the
+    process.
 
     Messages heard while a change is being applied are merged into the next call, and
     calls are at least ``min_interval`` seconds apart (nothing is dropped: a message
@@ -192,96 +193,77 @@ class KeyEventSubscriber:
         self._channel = channel
         self._on_change = on_change
         self._min_interval = min_interval
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
         self._owns_redis = owns_redis
+        self._listener = ChannelListener(
+            redis,
+            channel,
+            on_message=self.heard,
+            on_subscribed=self._subscribed,
+            on_lost=self._lost,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+            name="signing-key-events-listener",
+        )
+        self._outage = False
         # issuer -> removed kids; the issuer None means "every issuer, unknown change".
         self._pending: dict[str | None, set[str]] = {}
         self._wake = asyncio.Event()
-        self._subscribed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._applier: asyncio.Task[None] | None = None
 
     @property
     def subscribed(self) -> bool:
-        return self._subscribed.is_set()
+        return self._listener.subscribed
 
     def start(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._listen(), name="signing-key-events-listener"),
-                asyncio.create_task(self._apply(), name="signing-key-events-applier"),
-            ]
+        if self._applier is None:
+            self._applier = asyncio.create_task(self._apply(), name="signing-key-events-applier")
+            self._listener.start()
 
     async def wait_subscribed(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._subscribed.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self._listener.wait_subscribed(timeout)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        self._set_unsubscribed()
+        await self._listener.stop()
+        if self._applier is not None:
+            self._applier.cancel()
+            await asyncio.gather(self._applier, return_exceptions=True)
+            self._applier = None
         if self._owns_redis:
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
 
     # -- hearing -------------------------------------------------------------------------
 
-    async def _listen(self) -> None:
-        delay = self._retry_initial
-        outage = False
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    while True:
-                        message = await pubsub.get_message(timeout=1.0)
-                        if message is not None:
-                            if message.get("type") == "subscribe":
-                                delay, outage = self._retry_initial, False
-                            self.handle(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not outage:
-                    log.warning(
-                        "signing key changes not heard (Redis unreachable); a removed "
-                        "key's tokens pass until the key cache expires; retrying",
-                        channel=self._channel,
-                        error=repr(exc),
-                    )
-                    outage = True
-                self._set_unsubscribed()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._retry_max)
+    def _subscribed(self) -> None:
+        # Changes published while not subscribed are lost: refresh as if told about one.
+        self._outage = False
+        self._queue(None, ())
+        KEY_EVENTS_SUBSCRIBED.set(1)
+        log.info("listening for signing key changes", channel=self._channel)
 
-    def handle(self, message: dict[str, Any]) -> None:
-        """Take one pub/sub message (a subscription confirmation or a change)."""
-        kind = message.get("type")
-        if kind == "subscribe":
-            # Also after a reconnection redis-py made on its own: changes published
-            # meanwhile are lost, so refresh as if told about one.
+    def _lost(self, error: Exception | None, was_subscribed: bool) -> None:
+        KEY_EVENTS_SUBSCRIBED.set(0)
+        if error is not None and not self._outage:
+            log.warning(
+                "signing key changes not heard (Redis unreachable); a removed "
+                "key's tokens pass until the key cache expires; retrying",
+                channel=self._channel,
+                error=repr(error),
+            )
+            self._outage = True
+
+    def heard(self, data: object) -> None:
+        """Take one message's data: a change, or anything else (every issuer refreshed)."""
+        try:
+            if not isinstance(data, str | bytes):
+                raise ValueError("not a text message")
+            change = KeyChange.decode(data)
+        except (ValueError, RecursionError):
+            log.warning("malformed signing key change message; refreshing every issuer")
             self._queue(None, ())
-            self._subscribed.set()
-            KEY_EVENTS_SUBSCRIBED.set(1)
-            log.info("listening for signing key changes", channel=self._channel)
-        elif kind == "message":
-            data = message.get("data")
-            try:
-                if not isinstance(data, str | bytes):
-                    raise ValueError("not a text message")
-                change = KeyChange.decode(data)
-            except (ValueError, RecursionError):
-                log.warning("malformed signing key change message; refreshing every issuer")
-                self._queue(None, ())
-                return
-            log.info("signing key change heard", change=change.change, kids=list(change.removed))
-            self._queue(change.issuer, change.removed)
+            return
+        log.info("signing key change heard", change=change.change, kids=list(change.removed))
+        self._queue(change.issuer, change.removed)
 
     def _queue(self, issuer: str | None, removed: Collection[str]) -> None:
         pending = self._pending
@@ -293,10 +275,6 @@ class KeyEventSubscriber:
             del pending[issuer]
             pending.setdefault(None, set())
         self._wake.set()
-
-    def _set_unsubscribed(self) -> None:
-        self._subscribed.clear()
-        KEY_EVENTS_SUBSCRIBED.set(0)
 
     # -- applying ------------------------------------------------------------------------
 

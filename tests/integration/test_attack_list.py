@@ -35,7 +35,6 @@ from typing import Any
 
 import grpc
 import httpx
-import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -51,14 +50,13 @@ from datapunk.nexus.v1 import (
 from datapunk_nexus.identity.api_keys.key_format import format_api_key, new_key_id, new_secret
 from datapunk_shared.config import Settings, load_settings
 from datapunk_shared.rpc.client import error_from_rpc_error
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from tests.auth_support import issuer
 from tests.support import (
     RunningService,
     engines_env,
     free_port,
+    private_database,
     run_service,
     wait_until,
 )
@@ -93,23 +91,6 @@ class Platform:
     lake: RunningService
     database_url: str
     started: datetime
-
-
-@contextmanager
-def _private_database(server_url: str) -> Iterator[str]:
-    """A new, empty database on the stack's PostgreSQL (the Nexus processes apply their
-    migrations to it); dropped afterwards."""
-    name = f"dp_attacks_{uuid.uuid4().hex[:10]}"
-    admin = make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def _nexus_env(
@@ -161,7 +142,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("attacks")
     started = datetime.now(UTC)
     with ExitStack() as running:
-        database = running.enter_context(_private_database(settings.engines.postgres.url))
+        database = running.enter_context(
+            private_database(settings.engines.postgres.url, "dp_attacks")
+        )
         lake = running.enter_context(run_service("lake", tmp, engines_env(settings)))
         backends = json.dumps({"lake": lake.address})
         rule = {
@@ -751,7 +734,7 @@ def test_use_after_key_deletion(tmp_path: Path) -> None:
     service port trusts its own JWKS (it signs with a new key after the rotation)."""
     settings = load_settings()
     rest_port, entry_port = free_port(), free_port()
-    with _private_database(settings.engines.postgres.url) as database:
+    with private_database(settings.engines.postgres.url, "dp_attacks") as database:
         env = _nexus_env(
             settings,
             database,

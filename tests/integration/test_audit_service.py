@@ -21,7 +21,7 @@ import json
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,10 +46,9 @@ from datapunk_shared.rpc.status_codes import STATUS_DETAILS_KEY
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from google.rpc import status_pb2 as rpc_status_pb2
-from psycopg import conninfo, sql
 
 from tests.auth_support import issuer
-from tests.support import ROOT, free_port, run_service, wait_until
+from tests.support import ROOT, free_port, private_database, run_service, wait_until
 
 KEY = b"service-test-audit-chain-key-32b"
 T0 = datetime(2026, 4, 1, 9, 0, 0, tzinfo=UTC)
@@ -81,24 +80,6 @@ class FixedTokens:
         if identity is None:
             raise Unauthenticated("unknown test token", reason="BAD_SIGNATURE")
         return identity
-
-
-@contextmanager
-def _private_database(server_url: str) -> Iterator[str]:
-    """A new database on the stack's PostgreSQL, dropped afterwards: the platform trail
-    (records of no tenant) is shared by everything that writes to one database, so the
-    tests that read it whole get a database of their own."""
-    name = f"dp_audit_test_{uuid.uuid4().hex[:10]}"
-    admin = conninfo.make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield conninfo.make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def _with(
@@ -173,7 +154,9 @@ def tenants() -> Tenants:
 async def service(settings: Settings, tenants: Tenants) -> AsyncIterator[Served]:
     """The server, in front of a private database whose platform tenant is tenant a,
     with the module's trail written through the returned AuditLog."""
-    with _private_database(settings.engines.postgres.url) as database:
+    # A database of its own: the platform trail (records of no tenant) is shared by
+    # everything that writes to one database, and this test reads it whole.
+    with private_database(settings.engines.postgres.url, "dp_audit_test") as database:
         async with await psycopg.AsyncConnection.connect(database) as conn:
             migrations = load_migrations("datapunk_nexus.migrations")
             await apply_migrations(conn, "nexus", [m for m in migrations if m.version in (1, 6)])
@@ -572,7 +555,9 @@ def nexus(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """A Nexus (no Lake or Stream needed) on a private database, whose tenant ``default``
     is the platform tenant and whose chain is keyed by a secret from the environment."""
     admin_key = issuer().admin_key
-    with _private_database(settings.engines.postgres.url) as database:
+    # A database of its own: the platform trail (records of no tenant) is shared by
+    # everything that writes to one database, and this test reads it whole.
+    with private_database(settings.engines.postgres.url, "dp_audit_test") as database:
         rest_port = free_port()
         env = {
             "DATAPUNK_ENGINES__POSTGRES__URL": database,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -24,7 +23,6 @@ from typing import Any
 
 import grpc
 import httpx
-import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,14 +35,20 @@ from datapunk_shared.errors import NotFound
 from datapunk_shared.key_events import KeyEventPublisher, KeyEventSubscriber
 from datapunk_shared.rpc.client import error_from_rpc_error
 from datapunk_shared.secrets import FileSecretProvider
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from tests.auth_support import issuer, tenant_caller
 from tests.signing_support import nexus_database, open_pool
-from tests.support import RunningService, engines_env, free_port, run_service, wait_until
+from tests.support import (
+    RunningService,
+    engines_env,
+    free_port,
+    private_database,
+    private_redis_server,
+    run_service,
+    wait_until,
+)
 from tests.token_kit import b64, b64json
 
 # The refusal must come far below the Lake's key cache lifetime (600 s).
@@ -247,21 +251,6 @@ def _admin() -> tuple[tuple[str, str], ...]:
 
 
 @contextmanager
-def _private_database(server_url: str) -> Iterator[str]:
-    name = f"dp_keyevents_{uuid.uuid4().hex[:10]}"
-    admin = make_conninfo(server_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_url, dbname=name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-@contextmanager
 def _platform(tmp: Path, redis_url: str) -> Iterator[Platform]:
     settings = load_settings()
     private = ec.generate_private_key(ec.SECP256R1())
@@ -281,7 +270,9 @@ def _platform(tmp: Path, redis_url: str) -> Iterator[Platform]:
         "DATAPUNK_AUTH__KEY_EVENTS_CHANNEL": channel,
     }
     with ExitStack() as running:
-        database = running.enter_context(_private_database(settings.engines.postgres.url))
+        database = running.enter_context(
+            private_database(settings.engines.postgres.url, "dp_keyevents")
+        )
         nexus_env = {
             **trust,
             "DATAPUNK_ENGINES__POSTGRES__URL": database,
@@ -355,22 +346,6 @@ def test_a_deleted_key_is_refused_by_the_lake_at_once(settings: Settings, tmp_pa
         print(f"refused {elapsed:.3f} s after DeleteSigningKey returned")
 
 
-@contextmanager
-def _redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [
-            *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def _redis_answers(url: str) -> bool:
     client = SyncRedis.from_url(url, socket_connect_timeout=0.5)
     try:
@@ -390,7 +365,7 @@ def test_the_lake_serves_through_a_redis_outage_and_catches_up_after_it(
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     with ExitStack() as running:
-        redis = running.enter_context(_redis_server(port))
+        redis = running.enter_context(private_redis_server(port))
         wait_until(lambda: _redis_answers(url), timeout=10)
         platform = running.enter_context(_platform(tmp_path, url))
         token = platform.service_token()
@@ -410,7 +385,7 @@ def test_the_lake_serves_through_a_redis_outage_and_catches_up_after_it(
         assert platform.lake.process.poll() is None
         assert platform.nexus.process.poll() is None
 
-        running.enter_context(_redis_server(port))
+        running.enter_context(private_redis_server(port))
         wait_until(lambda: platform.listeners() >= 2, timeout=40)
         # Listening again counts as a change: the key set is fetched and the memory
         # emptied, so the key deleted meanwhile is refused now.

@@ -5,10 +5,9 @@ handled as configured (open, closed, or counted locally), then used again when b
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from datapunk_nexus.limits import LimitsGate, build_gate
@@ -18,7 +17,7 @@ from datapunk_shared.config import RateLimitRule, RateLimitSettings, Settings
 from datapunk_shared.errors import ResourceExhausted, Unavailable
 from redis.asyncio import Redis
 
-from tests.support import free_port, wait_until
+from tests.support import free_port, private_redis_server, wait_until
 
 SEARCH = "/datapunk.lake.v1.VectorService/SearchPoints"
 
@@ -113,29 +112,6 @@ async def test_buckets_expire_in_redis(settings: Settings, prefix: str) -> None:
             await client.aclose()
 
 
-@contextmanager
-def redis_server(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def tight(prefix: str, on_error: str) -> RateLimitSettings:
     rule = RateLimitRule(name="tight", key="caller", rate=1, period=60, burst=2)
     return RateLimitSettings(
@@ -171,7 +147,7 @@ async def test_redis_down_then_back(on_error: str, prefix: str) -> None:
         }[on_error]
         assert outcomes == expected
 
-        with redis_server(port) as _server:
+        with private_redis_server(port) as _server:
             client = Redis.from_url(url)
             try:
                 wait_until(lambda: _ping(port), timeout=10)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
 
 import httpx
 import pytest
@@ -90,6 +89,18 @@ async def test_with_the_issuer_unreachable_the_removed_key_is_still_refused() ->
     await keys.keys_changed(ISSUER, {"k1"})
     assert await reason_of(lambda: keys.key(ISSUER, "k1")) == "UNKNOWN_KEY"
     assert (await keys.key(ISSUER, "k2")).kid == "k2"  # the others keep working
+
+
+async def test_a_set_fetched_after_the_change_is_the_issuers_word() -> None:
+    """A message naming a key the issuer still publishes (another installation's change
+    on a shared channel, or a stray message) drops it only until the fetch it triggers
+    has answered: the issuer's own set decides."""
+    provider, clock = Provider(ISSUER, ec_key("k1"), ec_key("k2")), Clock()
+    keys = keys_of(provider, clock)
+    await keys.key(ISSUER, "k1")
+    await keys.keys_changed(ISSUER, {"k1"})
+    assert provider.count("/keys") == 2
+    assert (await keys.key(ISSUER, "k1")).kid == "k1"
 
 
 class SlowProvider(Provider):
@@ -200,9 +211,10 @@ async def test_a_verification_that_spans_a_change_is_not_remembered() -> None:
 # -- the subscriber ----------------------------------------------------------------------
 
 
-def message(change: KeyChange | str) -> dict[str, Any]:
+def message(change: KeyChange | str) -> bytes:
+    """A message's data as the listener hands it over."""
     data = change if isinstance(change, str) else change.encode()
-    return {"type": "message", "channel": b"c", "data": data.encode()}
+    return data.encode()
 
 
 async def test_changes_are_merged_and_spaced_but_never_dropped() -> None:
@@ -217,11 +229,11 @@ async def test_changes_are_merged_and_spaced_but_never_dropped() -> None:
     subscriber = KeyEventSubscriber(redis, "c", on_change, min_interval=0.3, retry_initial=0.05)
     subscriber.start()
     try:
-        subscriber.handle(message(KeyChange(ISSUER, "deleted", ("k1",))))
+        subscriber.heard(message(KeyChange(ISSUER, "deleted", ("k1",))))
         await asyncio.sleep(0.05)
-        subscriber.handle(message(KeyChange(ISSUER, "deleted", ("k2",))))
-        subscriber.handle(message(KeyChange(ISSUER, "retired", ("k3",))))
-        subscriber.handle(message("garbage"))
+        subscriber.heard(message(KeyChange(ISSUER, "deleted", ("k2",))))
+        subscriber.heard(message(KeyChange(ISSUER, "retired", ("k3",))))
+        subscriber.heard(message("garbage"))
         await asyncio.sleep(0.6)
         assert not subscriber.subscribed
     finally:
@@ -246,9 +258,9 @@ async def test_a_failing_change_does_not_stop_the_subscriber() -> None:
     subscriber = KeyEventSubscriber(redis, "c", on_change, min_interval=0.01)
     subscriber.start()
     try:
-        subscriber.handle(message(KeyChange("a", "deleted", ())))
+        subscriber.heard(message(KeyChange("a", "deleted", ())))
         await asyncio.sleep(0.1)
-        subscriber.handle(message(KeyChange("b", "deleted", ())))
+        subscriber.heard(message(KeyChange("b", "deleted", ())))
         await asyncio.sleep(0.1)
     finally:
         await subscriber.stop()
