@@ -595,15 +595,21 @@ class AuditSettings(_Strict):
     instead of each waiting ``write_timeout`` (0: always try)."""
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
     """The most records one transaction writes."""
-    linger: Annotated[float, Field(ge=0, le=1)] = 0.002
+    linger: Annotated[float, Field(ge=0, le=1)] = 0.005
     """How long a batch smaller than ``max_batch`` waits for more records before it is
     written, on top of the time the previous batch takes to commit (0: no extra wait),
-    when calls arrive together (see ``linger_after_batch``)."""
+    when calls arrive together and CPU is short (see ``linger_after_batch`` and
+    ``linger_when_busy``)."""
     linger_after_batch: Annotated[int, Field(ge=1, le=10_000)] = 2
     """Linger only after a batch of at least this many records: calls that arrive
     together share fewer, larger commits, while a lone caller never waits for company
     (PostgreSQL's ``commit_delay`` and ``commit_siblings`` work the same way; 1: always
     linger)."""
+    linger_when_busy: Annotated[float, Field(ge=0, le=64)] = 0.7
+    """Linger only while the Nexus process uses at least this share of a core: a commit
+    costs CPU whatever its size, so fewer of them serve more calls when CPU is short,
+    while a process with CPU to spare would only make every audited call wait (0: linger
+    however idle)."""
     max_pending: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
     """Records waiting for a commit at most; more are refused at once with UNAVAILABLE."""
     pool_max: Annotated[int, Field(ge=2, le=100)] = 4

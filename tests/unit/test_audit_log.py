@@ -112,6 +112,34 @@ async def test_a_hanging_writer_fails_closed_within_the_write_timeout() -> None:
     await audit.close()
 
 
+async def test_each_waiting_record_fails_at_its_own_deadline() -> None:
+    """One watchdog serves every waiting record: records that arrived at different
+    times behind a hung commit each fail ``write_timeout`` after their own arrival, not
+    all at the first one's deadline, and a record answered in time is left alone."""
+    writer = ScriptedWriter()
+    writer.gate.clear()  # the first batch hangs
+    audit = AuditLog(writer, write_timeout=0.3, retry_interval=0)
+    loop = asyncio.get_running_loop()
+    failed_at: dict[str, float] = {}
+
+    async def record(name: str) -> None:
+        started = loop.time()
+        await _unavailable(audit.record(_event(name)))
+        failed_at[name] = loop.time() - started
+
+    early = asyncio.create_task(record("early"))
+    await asyncio.sleep(0.15)
+    late = asyncio.create_task(record("late"))
+    await early
+    assert not late.done()  # its own deadline is 0.15 s later
+    await late
+    assert all(0.25 <= waited < 0.6 for waited in failed_at.values()), failed_at
+    writer.gate.set()
+    await audit.record(_event("answered"))  # the watchdog does not touch it
+    await asyncio.sleep(0.4)
+    await audit.close()
+
+
 async def test_a_record_whose_caller_went_away_before_its_batch_is_not_written() -> None:
     writer = ScriptedWriter()
     audit = AuditLog(writer, write_timeout=5)
@@ -215,3 +243,64 @@ async def test_linger_only_once_calls_arrive_together() -> None:
     await asyncio.gather(*tasks)
     assert writer.batches[-1] == ["d", "e", "f"]
     await audit.close()
+
+
+class _FakeCpu:
+    """A process CPU clock that runs at ``share`` of the wall clock."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._wall = time.monotonic
+
+    def __call__(self) -> float:
+        return self._wall() * self.share
+
+
+async def _batches_after_a_shared_one(audit: AuditLog, writer: ScriptedWriter) -> list[str]:
+    """Make a batch of two records (calls arriving together), then send three records
+    10 ms apart; returns the last batch."""
+    writer.started.clear()
+    writer.gate.clear()
+    first = asyncio.create_task(audit.record(_event("a")))
+    await writer.started.wait()
+    together = [asyncio.create_task(audit.record(_event(name))) for name in ("b", "c")]
+    await asyncio.sleep(0)
+    writer.gate.set()
+    await asyncio.gather(first, *together)
+    tasks = []
+    for name in ("d", "e", "f"):
+        tasks.append(asyncio.create_task(audit.record(_event(name))))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    return writer.batches[-1]
+
+
+async def test_linger_only_while_the_process_is_busy() -> None:
+    """With ``linger_when_busy``, a process with CPU to spare writes at once even when
+    calls arrive together (the wait would only add to every call), while a busy one
+    lingers and gathers them."""
+    idle_writer = ScriptedWriter()
+    idle = AuditLog(
+        idle_writer,
+        write_timeout=5,
+        linger=0.2,
+        linger_after_batch=2,
+        linger_when_busy=0.7,
+        cpu_clock=_FakeCpu(0.1),
+    )
+    await asyncio.sleep(0.06)  # one measuring window of the busy meter
+    assert await _batches_after_a_shared_one(idle, idle_writer) == ["f"]
+    await idle.close()
+
+    busy_writer = ScriptedWriter()
+    busy = AuditLog(
+        busy_writer,
+        write_timeout=5,
+        linger=0.2,
+        linger_after_batch=2,
+        linger_when_busy=0.7,
+        cpu_clock=_FakeCpu(1.0),
+    )
+    await asyncio.sleep(0.06)
+    assert await _batches_after_a_shared_one(busy, busy_writer) == ["d", "e", "f"]
+    await busy.close()

@@ -42,8 +42,12 @@ def _micros(time: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+# One encoder for every hash: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _canonical(parts: list[object]) -> bytes:
-    return json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _ENCODER.encode(parts).encode("utf-8")
 
 
 class ChainHasher:
@@ -65,7 +69,7 @@ class ChainHasher:
     def _digest(self, data: bytes) -> bytes:
         if self._key is None:
             return hashlib.sha256(data).digest()
-        return hmac.new(self._key, data, hashlib.sha256).digest()
+        return hmac.digest(self._key, data, "sha256")  # one call into OpenSSL
 
     def record_hash(self, record: RecordedEvent) -> bytes:
         """The hash ``record`` must carry, from its content and its ``prev_hash``."""

@@ -2,11 +2,18 @@
 
 Records are committed in batches by one writer task (group commit): a record that
 arrives while a batch is committing waits for the next batch, so a busy edge pays one
-transaction for many calls while a lone call pays one transaction for itself. Once a
-batch held several records (calls arrive together), the next one also waits ``linger``
-for more before it is written, so that concurrent calls share fewer, larger commits; a
-batch of one ends that, so a lone caller never waits for company. Each
-caller waits for its own record's commit; a record not committed within
+transaction for many calls while a lone call pays one transaction for itself.
+
+A batch also waits up to ``linger`` for more records before it is written — so that
+concurrent calls share fewer, larger commits — but only when that pays: the last batch
+held at least ``linger_after_batch`` records (calls arrive together; a lone caller never
+waits for company) and the process is busy: lately it used at least
+``linger_when_busy`` of a core (its ``process_time`` over wall time, in windows of 50 ms
+or more). Each commit costs the process a few hundred microseconds of CPU whatever its
+size; when CPU is short, fewer commits mean more calls served and shorter queues, while
+an idle process would only add the wait to every call.
+
+Each caller waits for its own record's commit; a record not committed within
 ``write_timeout`` — PostgreSQL down, hung or refusing — makes ``record`` raise
 ``Unavailable`` (reason AUDIT_UNAVAILABLE), and the caller refuses its request. After a
 failed batch, records are refused at once for ``retry_interval`` rather than each waiting
@@ -47,6 +54,8 @@ class BatchWriter(Protocol):
 class _Pending:
     event: AuditEvent
     done: asyncio.Future[None]
+    deadline: float
+    """When its caller is told the record was not committed in time (loop time)."""
     abandoned: bool = False
 
 
@@ -62,8 +71,10 @@ class AuditLog:
         max_batch: int = 500,
         linger: float = 0.0,
         linger_after_batch: int = 1,
+        linger_when_busy: float = 0.0,
         max_pending: int = 20_000,
         clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         self.writer = writer
         self._write_timeout = write_timeout
@@ -72,9 +83,15 @@ class AuditLog:
         self._linger = linger
         self._linger_after_batch = linger_after_batch
         self._last_batch = 0
+        self._busy = _BusyMeter(clock, cpu_clock) if linger_when_busy > 0 else None
+        self._linger_when_busy = linger_when_busy
         self._max_pending = max_pending
         self._clock = clock
         self._queue: collections.deque[_Pending] = collections.deque()
+        # Every record whose caller may still be waiting, oldest first: all share one
+        # timeout, so the oldest has the earliest deadline and one timer watches them all.
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._down_until = 0.0
@@ -91,6 +108,7 @@ class AuditLog:
             max_batch=settings.max_batch,
             linger=settings.linger,
             linger_after_batch=settings.linger_after_batch,
+            linger_when_busy=settings.linger_when_busy,
             max_pending=settings.max_pending,
         )
 
@@ -108,31 +126,51 @@ class AuditLog:
         if len(self._queue) >= self._max_pending:
             raise audit_unavailable("too many audit records are waiting to be written")
         loop = asyncio.get_running_loop()
-        pending = _Pending(clean_event(event), loop.create_future())
+        pending = _Pending(
+            clean_event(event), loop.create_future(), loop.time() + self._write_timeout
+        )
         self._queue.append(pending)
+        self._watch(pending, loop)
         self._wake.set()
         if self._writer is None:
             self._writer = loop.create_task(self._write_batches(), name="audit-writer")
-        # A timer on the record's own future: cheaper than a timeout scope and a shield
-        # per call, and a cancelled caller cancels only its future, never the batch.
-        timer = loop.call_later(self._write_timeout, self._expire, pending)
+        # The caller waits on its record's own future (a cancelled caller cancels only
+        # that, never the batch); the watchdog fails it at its deadline.
         try:
             await pending.done
         except asyncio.CancelledError:
             pending.abandoned = True
             raise
-        finally:
-            timer.cancel()
 
-    def _expire(self, pending: _Pending) -> None:
-        """The record was not committed within ``write_timeout``: its caller is told so
-        at once (the batch may still commit it; see the module's description)."""
-        if pending.done.done():
-            return
-        pending.abandoned = True
-        pending.done.set_exception(
-            audit_unavailable(f"the audit record was not committed within {self._write_timeout:g}s")
-        )
+    def _watch(self, pending: _Pending, loop: asyncio.AbstractEventLoop) -> None:
+        """Put ``pending`` under the watchdog: one timer for all waiting records instead
+        of one per record (a timer per call, and the loop's heap of them, cost more than
+        the rest of ``record``)."""
+        waiting = self._waiting
+        while waiting and waiting[0].done.done():  # answered, mostly in order
+            waiting.popleft()
+        waiting.append(pending)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(pending.deadline, self._expire_overdue, loop)
+
+    def _expire_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell every caller whose record is past its deadline that it was not committed
+        in time (its batch may still commit it; see the module's description), then
+        watch the oldest of the rest."""
+        self._watchdog = None
+        waiting = self._waiting
+        now = loop.time()
+        while waiting and (waiting[0].done.done() or waiting[0].deadline <= now):
+            pending = waiting.popleft()
+            if not pending.done.done():
+                pending.abandoned = True
+                pending.done.set_exception(
+                    audit_unavailable(
+                        f"the audit record was not committed within {self._write_timeout:g}s"
+                    )
+                )
+        if waiting:
+            self._watchdog = loop.call_at(waiting[0].deadline, self._expire_overdue, loop)
 
     async def close(self) -> None:
         """Write what is waiting, then stop the writer."""
@@ -140,6 +178,9 @@ class AuditLog:
         self._wake.set()
         if self._writer is not None:
             await self._writer
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -159,17 +200,19 @@ class AuditLog:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if (
-                self._linger
-                and (self._linger_after_batch <= 1 or self._last_batch >= self._linger_after_batch)
-                and len(self._queue) < self._max_batch
-                and not self._closed
-            ):
+            if self._should_linger():
                 await asyncio.sleep(self._linger)
             batch = self._take_batch()
             if batch:
                 self._last_batch = len(batch)
                 await self._write(batch)
+
+    def _should_linger(self) -> bool:
+        if not self._linger or self._closed or len(self._queue) >= self._max_batch:
+            return False
+        if self._linger_after_batch > 1 and self._last_batch < self._linger_after_batch:
+            return False
+        return self._busy is None or self._busy.share() >= self._linger_when_busy
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
@@ -193,6 +236,38 @@ class AuditLog:
             failed.extend(self._take_batch())
         for pending in failed:
             _settle(pending, _unavailable_after(exc))
+
+
+class _BusyMeter:
+    """The share of a core the process used lately: CPU time over wall time, measured
+    over windows of at least ``window`` seconds (shorter ones would be all noise) and
+    smoothed over the last few of them."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        cpu_clock: Callable[[], float],
+        window: float = 0.05,
+        weight: float = 0.5,
+    ) -> None:
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self._window = window
+        self._weight = weight
+        self._since = clock()
+        self._cpu_since = cpu_clock()
+        self._share: float | None = None
+
+    def share(self) -> float:
+        now = self._clock()
+        elapsed = now - self._since
+        if elapsed >= self._window:
+            cpu = self._cpu_clock()
+            latest = (cpu - self._cpu_since) / elapsed
+            previous = latest if self._share is None else self._share
+            self._share = previous + (latest - previous) * self._weight
+            self._since, self._cpu_since = now, cpu
+        return self._share or 0.0
 
 
 def _settle(pending: _Pending, error: Unavailable | None) -> None:

@@ -59,6 +59,8 @@ WITH moved AS (
 SELECT tenant FROM moved
 """
 
+_JSON = json.JSONEncoder(ensure_ascii=False)  # reused: json.dumps with options builds one
+
 Heads = dict[str, tuple[int, bytes]]
 """Chain heads by tenant: the last sequence number and its record's hash."""
 
@@ -189,8 +191,8 @@ class ChainWriter:
         cursor = await conn.execute(
             _APPEND,
             {
-                "heads": json.dumps(moves, ensure_ascii=False),
-                "records": json.dumps([_document(r) for r in records], ensure_ascii=False),
+                "heads": _JSON.encode(moves),
+                "records": _JSON.encode([_document(r) for r in records]),
             },
         )
         moved = {row[0] for row in await cursor.fetchall()}
