@@ -401,6 +401,11 @@ class OAuthSettings(_Strict):
     revocation_max_staleness: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """When the revocation list could not be reloaded for this long, tokens are refused
     (UNAVAILABLE) rather than maybe believing a revoked one."""
+    signing_keys_max_age: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """How long this instance's edges trust the signing keys they last read from
+    PostgreSQL when verifying Nexus's own tokens. Changes made through this instance, and
+    those another instance announces on ``auth.key_events_channel``, take effect at once;
+    this bounds the rest (an announcement lost while Redis was down)."""
     secret_time_cost: Annotated[int, Field(ge=1, le=20)] = 2
     """argon2id passes over memory for client secrets (OWASP's minimum: 2)."""
     secret_memory_kib: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 19456

@@ -180,6 +180,45 @@ class Platform:
     signer: SoftwareSigner
     channel: str
     redis_url: str
+    other: RunningService | None = None
+    """A second Nexus on the same database, when one was started."""
+    other_rest: str = ""
+    """Its REST edge."""
+
+    def client_token(self) -> str:
+        """A client's access token for Nexus's edges, signed with the key Nexus started
+        with (as its token endpoint would issue it), for a client with no role."""
+        now = int(time.time())
+        claims = {
+            "iss": self.rest,
+            "sub": "client:keytest",
+            "aud": "datapunk",
+            "jti": secrets.token_urlsafe(12),
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+            "client_id": "keytest",
+            "datapunk_tenant": "default",
+        }
+        header = {"alg": "ES256", "typ": "at+jwt", "kid": self.signer.kid}
+        signing_input = f"{b64json(header)}.{b64json(claims)}"
+        return f"{signing_input}.{b64(self.signer.sign(signing_input.encode()))}"
+
+    def other_edge_answers(self, token: str) -> str:
+        """The reason the second Nexus's REST edge refuses an administrator's call with
+        ``token``: PERMISSION_DENIED after it authenticated the caller (the edge decides
+        that itself; the call is never forwarded, so this Nexus signs nothing), or why it
+        did not."""
+        answer = httpx.get(
+            self.other_rest + "/v1/nexus/api-keys",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert answer.status_code in (401, 403), answer.text
+        details = answer.json()["details"]
+        info = next(d for d in details if d["@type"].endswith("google.rpc.ErrorInfo"))
+        reason: str = info["reason"]
+        return reason
 
     def service_token(self) -> str:
         """A Nexus service token for the Lake, signed with the key Nexus started with."""
@@ -251,7 +290,7 @@ def _admin() -> tuple[tuple[str, str], ...]:
 
 
 @contextmanager
-def _platform(tmp: Path, redis_url: str) -> Iterator[Platform]:
+def _platform(tmp: Path, redis_url: str, *, second_nexus: bool = False) -> Iterator[Platform]:
     settings = load_settings()
     private = ec.generate_private_key(ec.SECP256R1())
     pem = private.private_bytes(
@@ -286,6 +325,26 @@ def _platform(tmp: Path, redis_url: str) -> Iterator[Platform]:
         }
         nexus = running.enter_context(run_service("nexus", tmp, nexus_env))
         _wait_ready(rest)
+        other, other_rest = None, ""
+        if second_nexus:
+            # Another instance of the same deployment: same database, keys and channel.
+            # It trusts its view of the key ring for 10 minutes, so only the announcement
+            # can explain a refusal within seconds.
+            other_port = free_port()
+            other_rest = f"http://127.0.0.1:{other_port}"
+            other = running.enter_context(
+                run_service(
+                    "nexus",
+                    tmp,
+                    {
+                        **nexus_env,
+                        "DATAPUNK_NEXUS__REST__PORT": str(other_port),
+                        "DATAPUNK_NEXUS__GRPC_ENTRY__PORT": str(free_port()),
+                        "DATAPUNK_NEXUS__AUTH__OAUTH__SIGNING_KEYS_MAX_AGE": "600",
+                    },
+                )
+            )
+            _wait_ready(other_rest)
         lake = running.enter_context(run_service("lake", tmp, {**trust, **LONG_CACHE}))
         platform = Platform(
             nexus,
@@ -295,9 +354,11 @@ def _platform(tmp: Path, redis_url: str) -> Iterator[Platform]:
             SoftwareSigner(private),
             channel,
             redis_url,
+            other,
+            other_rest,
         )
-        # Nexus's service port and the Lake listen.
-        wait_until(lambda: platform.listeners() >= 2, timeout=20)
+        # Every Nexus's service port and the Lake listen.
+        wait_until(lambda: platform.listeners() >= (3 if second_nexus else 2), timeout=20)
         yield platform
 
 
@@ -344,6 +405,28 @@ def test_a_deleted_key_is_refused_by_the_lake_at_once(settings: Settings, tmp_pa
         assert platform.lake_answers(platform.service_token()) == "UNKNOWN_KEY"
         assert "signing key change heard" in platform.lake.log()
         print(f"refused {elapsed:.3f} s after DeleteSigningKey returned")
+
+
+def test_a_key_deleted_through_one_nexus_is_refused_by_anothers_edge_at_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Nexus instances share the key ring in PostgreSQL; each edge verifies Nexus's own
+    tokens against its view of it. A key deleted through one instance is refused by the
+    other's edge as soon as the announcement arrives, not when that view is reread."""
+    with _platform(tmp_path, settings.engines.redis.url, second_nexus=True) as platform:
+        token = platform.client_token()
+        denied = "PERMISSION_DENIED"
+        assert platform.other_edge_answers(token) == denied  # its key set read, and kept
+        platform.rotate()
+        assert platform.other_edge_answers(token) == denied  # the overlap
+        platform.delete(platform.signer.kid)
+        started = time.monotonic()
+        while (answer := platform.other_edge_answers(token)) == denied:
+            elapsed = time.monotonic() - started
+            assert elapsed < PROMPTLY, f"the other edge still accepts it after {elapsed:.1f} s"
+            time.sleep(0.05)
+        assert answer == "UNKNOWN_KEY"
+        assert platform.other_edge_answers(platform.client_token()) == "UNKNOWN_KEY"
 
 
 def _redis_answers(url: str) -> bool:

@@ -59,9 +59,14 @@ class IssuerKeys:
         return await source.key(issuer, kid)
 
     async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
-        """Pass an announced key change on to the sources that cache keys over HTTP."""
-        for source in self._fetching():
-            await source.keys_changed(issuer, removed)
+        """Pass an announced key change on to every source that caches keys (the JWKS
+        cache, Nexus's view of its own key ring), each once."""
+        told: set[int] = set()
+        for source in self._sources.values():
+            changed = getattr(source, "keys_changed", None)
+            if changed is not None and id(source) not in told:
+                told.add(id(source))
+                await changed(issuer, removed)
 
     async def aclose(self) -> None:
         """Close every source that holds connections (each once)."""

@@ -25,7 +25,7 @@ from datapunk_shared.config import ServiceSettings, Settings, load_settings
 from datapunk_shared.db import apply_migrations, create_pool, load_migrations
 from datapunk_shared.errors import ConfigError
 from datapunk_shared.health import HealthMonitor, Prerequisite, ServingState
-from datapunk_shared.key_events import key_event_subscriber
+from datapunk_shared.key_events import KeyChangeHandler, key_event_subscriber
 from datapunk_shared.logging import configure_logging, get_logger
 from datapunk_shared.metrics import start_metrics_server
 from datapunk_shared.probes import build_probes
@@ -64,6 +64,13 @@ class ServiceContext:
     monitor_prerequisites: list[Prerequisite] = field(default_factory=list)
     service_names: list[str] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    key_change_handlers: list[KeyChangeHandler] = field(default_factory=list)
+    """What else must hear of signing-key changes (``datapunk_shared.key_events``) besides
+    the service port's caller authenticator, such as Nexus's edges."""
+
+    async def keys_changed(self, issuer: str | None, removed: frozenset[str]) -> None:
+        for handler in list(self.key_change_handlers):
+            await handler(issuer, removed)
 
 
 async def open_postgres(context: ServiceContext, service: str) -> AsyncConnectionPool:
@@ -168,7 +175,8 @@ async def serve(
     context.cleanups.append(verifier.aclose)
     # Nexus announces deleted and retired signing keys on Redis: their tokens are then
     # refused here at once instead of when the key cache expires.
-    key_events = key_event_subscriber(settings, authenticator.keys_changed)
+    context.key_change_handlers.append(authenticator.keys_changed)
+    key_events = key_event_subscriber(settings, context.keys_changed)
     if key_events is not None:
         key_events.start()
         context.cleanups.append(key_events.stop)

@@ -114,6 +114,9 @@ async def build_access_control(
         is_revoked=oauth.revocations.is_revoked,
     )
     context.cleanups.append(verifier.aclose)
+    # Another instance's key changes reach the edges' verifier (and through it this
+    # instance's view of the key ring) at once, as they reach the service port.
+    context.key_change_handlers.append(verifier.keys_changed)
     guard = AccessGuard(
         EdgeAuthenticator(
             verifier,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -51,8 +51,9 @@ class RingKeySource:
     The key set is read from the ring (PostgreSQL) at most every ``max_age`` seconds, and
     again when a token names a ``kid`` not in it (a rotation on another instance), at most
     every ``refetch_interval`` seconds, so forged ``kid`` values cannot flood PostgreSQL.
-    A key deleted on another instance is refused here within ``max_age``; changes made
-    through this instance call ``invalidate`` and take effect at once."""
+    Changes made through this instance call ``invalidate``, and those another instance
+    announces reach ``keys_changed``: both take effect at once. ``max_age`` bounds the
+    rest (an announcement lost while Redis was down)."""
 
     def __init__(
         self,
@@ -75,6 +76,12 @@ class RingKeySource:
     def invalidate(self) -> None:
         """Forget the key set: the next verification reads it again."""
         self._keys = None
+
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """Another instance changed ``issuer``'s keys (``datapunk_shared.key_events``):
+        read them again before the next verification."""
+        if issuer is None or issuer == self._issuer:
+            self.invalidate()
 
     async def key(self, issuer: str, kid: str) -> Key:
         if issuer != self._issuer:

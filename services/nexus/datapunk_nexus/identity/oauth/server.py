@@ -139,7 +139,7 @@ class AuthorizationServer:
         """Signs this server's access tokens (and Nexus's own service tokens)."""
         self._hasher = hasher
         self.ring = ring
-        self.keys = RingKeySource(ring, issuer)
+        self.keys = RingKeySource(ring, issuer, max_age=settings.signing_keys_max_age)
         """Nexus's own public keys, for ``TokenVerifier`` (``build_verifier``'s
         ``nexus_keys``)."""
         self._prune_task: asyncio.Task[None] | None = None
