@@ -20,10 +20,9 @@ difference goes. Credentials are verified once and then remembered (API keys for
 ``api_keys.cache_seconds``, tokens 30 s; revocation and, for Nexus's tokens, the signing
 key are checked on every call), as a busy client presents the same one on every call;
 the audit records of concurrent calls share commits (group commit). Most of identity's
-cost is that commit: with ``nexus.auth.audit.linger = 0`` (the default) a record waits
-only for the commit under way, so at the few hundred calls per second a shared 2-core
-machine allows, batches are small and nearly every call pays a commit's client-side
-work (a linger of 2 ms measured here cut identity's CPU per call by about 40 %).
+cost is that commit: a record waits for the commit under way and, while the Nexus is
+busy (``nexus.auth.audit.linger_when_busy``), up to ``linger`` (5 ms) for company, which
+makes 6-9 records a commit here instead of about 3.
 
 Also: Envoy's ``envoy.service.auth.v3.Authorization/Check`` on the Nexus service port
 (ghz with reflection, Nexus's service token as Envoy's credentials, a CheckRequest whose
@@ -35,7 +34,10 @@ Processes: a Lake whose engines point at closed ports (its embedded vector store
 lists collections; GetStatus answers from its cached health), a Nexus keeping its schema,
 keys and audit trail in a temporary database on the configured PostgreSQL, the open
 gate and no cache. Load: ``CONCURRENCY`` calls in flight (ghz workers on one connection;
-wrk connections); rounds alternate the order of the paths; medians over rounds.
+wrk connections); medians over rounds. On a shared machine the same path's QPS moves by
+a third from one minute to the next, so each round measures every path in ``SLICES``
+interleaved slices (the order reversed each time) and a ratio is taken per round: the two
+paths of a ratio then meet the same moments of the machine.
 
 ``python -m bench.run auth`` or ``python bench/auth.py [--quick]``."""
 
@@ -97,6 +99,9 @@ READ_PATH = "/v1/lake/collections"
 
 CONCURRENCY = 16
 QPS_RATIO_BAR = 0.8
+ROUNDS = 6
+SECONDS = 3.0
+SLICES = 3  # each round measures every path in this many interleaved slices
 
 lake_vectors: Any = vectors_pb2_grpc  # generated stubs are untyped
 
@@ -317,7 +322,7 @@ def _run(quick: bool) -> Result:
         raise FileNotFoundError("wrk is not installed (Debian package 'wrk')")
     require_file(GHZ, "scripts/install-tools.sh")
     require_file(PROTOSET, "scripts/gen.sh")
-    rounds, seconds = (1, 2.0) if quick else (3, 4.0)
+    rounds, seconds, slices_per_round = (1, 2.0, 2) if quick else (ROUNDS, SECONDS, SLICES)
     measurements: list[Measurement] = []
     workdir = Path(tempfile.mkdtemp(prefix="datapunk-bench-auth-"))
     try:
@@ -325,8 +330,14 @@ def _run(quick: bool) -> Result:
             for path in PATHS:  # warm-up: connections, remembered credentials, JIT-free
                 _measure(path, procs, 1.0, 0, workdir)
             for rnd in range(1, rounds + 1):
-                for path in PATHS if rnd % 2 else tuple(reversed(PATHS)):
-                    m = _measure(path, procs, seconds, rnd, workdir)
+                slices: dict[str, list[Measurement]] = {path.name: [] for path in PATHS}
+                for turn in range(slices_per_round):
+                    for path in PATHS if (rnd + turn) % 2 else tuple(reversed(PATHS)):
+                        slices[path.name].append(
+                            _measure(path, procs, seconds / slices_per_round, rnd, workdir)
+                        )
+                for path in PATHS:
+                    m = _combined(slices[path.name])
                     measurements.append(m)
                     print(
                         f"  round {rnd} {m.path:48} {m.qps:8.0f} qps  p50 {m.p50_us:8.0f} us"
@@ -337,6 +348,21 @@ def _run(quick: bool) -> Result:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return _result(measurements, quick)
+
+
+def _combined(slices: list[Measurement]) -> Measurement:
+    """One path's slices of a round as one measurement: mean QPS (the slices are equally
+    long), median latencies, Nexus CPU per call over all the slices' calls."""
+    calls = [max(m.qps, 1e-9) for m in slices]
+    return Measurement(
+        slices[0].path,
+        slices[0].round,
+        statistics.mean(m.qps for m in slices),
+        statistics.median(m.p50_us for m in slices),
+        statistics.median(m.p99_us for m in slices),
+        sum(m.errors for m in slices),
+        sum(m.nexus_cpu_us_per_call * n for m, n in zip(slices, calls, strict=True)) / sum(calls),
+    )
 
 
 def _median(measurements: list[Measurement], path: str, field: str) -> float:
