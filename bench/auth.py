@@ -21,8 +21,9 @@ difference goes. Credentials are verified once and then remembered (API keys for
 key are checked on every call), as a busy client presents the same one on every call;
 the audit records of concurrent calls share commits (group commit). Most of identity's
 cost is that commit: a record waits for the commit under way and, while the Nexus is
-busy (``nexus.auth.audit.linger_when_busy``), up to ``linger`` (5 ms) for company, which
-makes 6-9 records a commit here instead of about 3.
+busy (``nexus.auth.audit.linger_when_busy``), up to ``linger`` (3 ms) for company, so
+that concurrent calls share larger commits (about 3 records a commit without a linger,
+4.5 with 2 ms, 6-9 with 5 ms, counted in the bench's database).
 
 Also: Envoy's ``envoy.service.auth.v3.Authorization/Check`` on the Nexus service port
 (ghz with reflection, Nexus's service token as Envoy's credentials, a CheckRequest whose
@@ -287,6 +288,8 @@ def _ghz(
         metadata=_credentials(path),
         data=_check_request() if check else None,
     )
+    for message, count in done.error_messages.items():
+        print(f"  {path.name}: {count} failed: {message}", flush=True)
     return done.ok / done.seconds, done.percentile_us(50), done.percentile_us(99), done.errors
 
 

@@ -600,7 +600,7 @@ class AuditSettings(_Strict):
     instead of each waiting ``write_timeout`` (0: always try)."""
     max_batch: Annotated[int, Field(ge=1, le=10_000)] = 500
     """The most records one transaction writes."""
-    linger: Annotated[float, Field(ge=0, le=1)] = 0.005
+    linger: Annotated[float, Field(ge=0, le=1)] = 0.003
     """How long a batch smaller than ``max_batch`` waits for more records before it is
     written, on top of the time the previous batch takes to commit (0: no extra wait),
     when calls arrive together and CPU is short (see ``linger_after_batch`` and
