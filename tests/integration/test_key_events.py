@@ -200,9 +200,7 @@ class Platform:
             "client_id": "keytest",
             "datapunk_tenant": "default",
         }
-        header = {"alg": "ES256", "typ": "at+jwt", "kid": self.signer.kid}
-        signing_input = f"{b64json(header)}.{b64json(claims)}"
-        return f"{signing_input}.{b64(self.signer.sign(signing_input.encode()))}"
+        return self._signed(claims)
 
     def other_edge_answers(self, token: str) -> str:
         """The reason the second Nexus's REST edge refuses an administrator's call with
@@ -220,6 +218,13 @@ class Platform:
         reason: str = info["reason"]
         return reason
 
+    def _signed(self, claims: Mapping[str, Any]) -> str:
+        """An access token (``typ: at+jwt``) of ``claims``, signed with the key Nexus
+        started with."""
+        header = {"alg": "ES256", "typ": "at+jwt", "kid": self.signer.kid}
+        signing_input = f"{b64json(header)}.{b64json(claims)}"
+        return f"{signing_input}.{b64(self.signer.sign(signing_input.encode()))}"
+
     def service_token(self) -> str:
         """A Nexus service token for the Lake, signed with the key Nexus started with."""
         now = int(time.time())
@@ -232,9 +237,7 @@ class Platform:
             "nbf": now,
             "exp": now + 600,
         }
-        header = {"alg": "ES256", "typ": "at+jwt", "kid": self.signer.kid}
-        signing_input = f"{b64json(header)}.{b64json(claims)}"
-        return f"{signing_input}.{b64(self.signer.sign(signing_input.encode()))}"
+        return self._signed(claims)
 
     def lake_answers(self, token: str) -> str:
         """``OK`` when the Lake serves a call with ``token``, else the refusal's reason."""

@@ -213,6 +213,27 @@ async def test_linger_gathers_records_that_arrive_close_together() -> None:
     await audit.close()
 
 
+async def _batches_after_a_shared_one(audit: AuditLog, writer: ScriptedWriter) -> list[str]:
+    """Make a batch of two records (calls arriving together: the commit before them is
+    held so that they pile up behind it), then send three records 10 ms apart; returns
+    the last batch."""
+    writer.started.clear()
+    writer.gate.clear()
+    first = asyncio.create_task(audit.record(_event("a")))
+    await writer.started.wait()
+    together = [asyncio.create_task(audit.record(_event(name))) for name in ("b", "c")]
+    await asyncio.sleep(0)
+    writer.gate.set()
+    await asyncio.gather(first, *together)
+    assert writer.batches[-2:] == [["a"], ["b", "c"]]
+    tasks = []
+    for name in ("d", "e", "f"):
+        tasks.append(asyncio.create_task(audit.record(_event(name))))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    return writer.batches[-1]
+
+
 async def test_linger_only_once_calls_arrive_together() -> None:
     """With ``linger_after_batch``, a lone caller is written at once (no linger), while
     after a batch of several records the next batch waits ``linger`` for company."""
@@ -225,23 +246,8 @@ async def test_linger_only_once_calls_arrive_together() -> None:
     assert loop.time() - started < 0.15
     assert writer.batches == [["lone0"], ["lone1"], ["lone2"]]
 
-    writer.started.clear()
-    writer.gate.clear()  # hold the next commit so that records pile up behind it
-    first = asyncio.create_task(audit.record(_event("a")))
-    await writer.started.wait()
-    together = [asyncio.create_task(audit.record(_event(name))) for name in ("b", "c")]
-    await asyncio.sleep(0)
-    writer.gate.set()
-    await asyncio.gather(first, *together)
-    assert writer.batches[-2:] == [["a"], ["b", "c"]]
-
-    # The last batch held two records: the next one lingers and gathers the late ones.
-    tasks = []
-    for name in ("d", "e", "f"):
-        tasks.append(asyncio.create_task(audit.record(_event(name))))
-        await asyncio.sleep(0.01)
-    await asyncio.gather(*tasks)
-    assert writer.batches[-1] == ["d", "e", "f"]
+    # After a batch of two records, the next one lingers and gathers the late ones.
+    assert await _batches_after_a_shared_one(audit, writer) == ["d", "e", "f"]
     await audit.close()
 
 
@@ -254,25 +260,6 @@ class _FakeCpu:
 
     def __call__(self) -> float:
         return self._wall() * self.share
-
-
-async def _batches_after_a_shared_one(audit: AuditLog, writer: ScriptedWriter) -> list[str]:
-    """Make a batch of two records (calls arriving together), then send three records
-    10 ms apart; returns the last batch."""
-    writer.started.clear()
-    writer.gate.clear()
-    first = asyncio.create_task(audit.record(_event("a")))
-    await writer.started.wait()
-    together = [asyncio.create_task(audit.record(_event(name))) for name in ("b", "c")]
-    await asyncio.sleep(0)
-    writer.gate.set()
-    await asyncio.gather(first, *together)
-    tasks = []
-    for name in ("d", "e", "f"):
-        tasks.append(asyncio.create_task(audit.record(_event(name))))
-        await asyncio.sleep(0.01)
-    await asyncio.gather(*tasks)
-    return writer.batches[-1]
 
 
 async def test_linger_only_while_the_process_is_busy() -> None:
