@@ -71,6 +71,10 @@ def _cls(name: str) -> Any:
     return message_class(edge_routes().pool.FindMessageTypeByName(name))
 
 
+# The item name the streaming handlers refuse with INVALID_ARGUMENT as soon as it arrives.
+REFUSED = "refuse"
+
+
 def _error_for(code: int) -> DatapunkError:
     if code == 3:
         return InvalidArgument(
@@ -139,11 +143,17 @@ class ItemBackend:
             self.in_flight_streams -= 1
 
     async def upload_items(self, requests: AsyncIterator[Any], context: Any) -> Any:
-        names = [item.name async for item in requests]
+        names = []
+        async for item in requests:
+            if item.name == REFUSED:  # at once, while the rest of the upload is on its way
+                raise _error_for(3)
+            names.append(item.name)
         return self.upload_response(count=len(names), names=names)
 
     async def chat_items(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for item in requests:
+            if item.name == REFUSED:
+                raise _error_for(3)
             yield item
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:

@@ -30,6 +30,7 @@ from datapunk_shared.rpc.client import error_from_rpc_error
 from datapunk_shared.rpc.interceptor import REQUEST_ID_KEY
 from datapunk_shared.rpc.server import PortInUse
 
+from datapunk_nexus.backend_status import BackendStatus
 from datapunk_nexus.backends import Backends
 from datapunk_nexus.edge.access_log import AccessLog
 from datapunk_nexus.edge.docs import DOCS_CSP, render_docs
@@ -133,9 +134,16 @@ class _StreamState:
 
     failure: DatapunkError | None = None
     call: Any = None
+    backend_status: BackendStatus | None = None
     permissions: StreamPermissions | None = None
     lines: int = field(default=0)
     completed: bool = False
+
+    async def backend_error(self, error: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """How the backend ended the call that failed with ``error``."""
+        if self.backend_status is None:
+            return error
+        return await self.backend_status.of(error)
 
 
 def _grpc_timeout(value: str | None) -> float | None:
@@ -675,11 +683,13 @@ class RestEdge:
             metadata = self._metadata(exchange, route.owner, identity)
             call = stub(requests, timeout=timeout, metadata=metadata)
             state.call = call
+            if route.client_streaming:
+                state.backend_status = BackendStatus(call)
             if not route.server_streaming:
                 try:
                     data = await call
                 except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
-                    return self._stream_failure(exchange, route, state, exc, timeout)
+                    return await self._stream_failure(exchange, route, state, exc, timeout)
                 await self.cache.after_call(info)
                 return self._json(exchange, decode_response(route, data))
             response = await self._relay(exchange, route, state, call, timeout)
@@ -687,7 +697,7 @@ class RestEdge:
                 await self.cache.after_call(info)
             return response
 
-    def _stream_failure(
+    async def _stream_failure(
         self,
         exchange: _Exchange,
         route: Route,
@@ -699,8 +709,9 @@ class RestEdge:
             http = 413 if state.failure.reason == "REQUEST_TOO_LARGE" else None
             return self._error(exchange, answer_for_error(state.failure, http))
         if isinstance(exc, grpc.aio.AioRpcError):
+            error = await state.backend_error(exc)
             return self._error(
-                exchange, answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
+                exchange, answer_for_rpc_error(error, backend=route.owner, timeout=timeout)
             )
         raise exc
 
@@ -722,7 +733,7 @@ class RestEdge:
         except StopAsyncIteration:
             first = None
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
-            return self._stream_failure(exchange, route, state, exc, timeout)
+            return await self._stream_failure(exchange, route, state, exc, timeout)
         response = web.StreamResponse(
             status=200,
             headers={**exchange.headers, "Content-Type": SSE if sse else NDJSON},
@@ -741,7 +752,8 @@ class RestEdge:
             if state.failure is not None:
                 answer = answer_for_error(state.failure)
             elif isinstance(exc, grpc.aio.AioRpcError):
-                answer = answer_for_rpc_error(exc, backend=route.owner, timeout=timeout)
+                error = await state.backend_error(exc)
+                answer = answer_for_rpc_error(error, backend=route.owner, timeout=timeout)
             else:
                 raise
             body = answer.body

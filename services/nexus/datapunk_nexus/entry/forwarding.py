@@ -20,6 +20,7 @@ from datapunk_shared.auth.identity import Identity
 from datapunk_shared.errors import DatapunkError, Unimplemented
 from datapunk_shared.rpc.client import error_from_rpc_error
 
+from datapunk_nexus.backend_status import BackendStatus
 from datapunk_nexus.backends import Backends
 from datapunk_nexus.entry.deadlines import DeadlinePolicy
 from datapunk_nexus.entry.failures import abort_with_backend_status, abort_with_error
@@ -237,6 +238,7 @@ class _Forwarder:
                 state = await self._stream_state(caller, identity)
                 relayed = _relayed(_permitted(requests, state), context)
                 call = state.call = self._call(relayed, timeout=timeout, metadata=metadata)
+                backend_status = BackendStatus(call)
                 try:
                     response: bytes = await call
                 except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
@@ -245,7 +247,11 @@ class _Forwarder:
                     if isinstance(error, asyncio.CancelledError):
                         raise
                     await abort_with_backend_status(
-                        context, error, self.route.owner, request_id, headers
+                        context,
+                        await backend_status.of(error),
+                        self.route.owner,
+                        request_id,
+                        headers,
                     )
                 finally:
                     call.cancel()
@@ -268,6 +274,7 @@ class _Forwarder:
                 state = await self._stream_state(caller, identity)
                 relayed = _relayed(_permitted(requests, state), context)
                 call = state.call = self._call(relayed, timeout=timeout, metadata=metadata)
+                backend_status = BackendStatus(call)
                 try:
                     await self._send_headers(context, call, headers)
                     async for response in call:
@@ -279,7 +286,11 @@ class _Forwarder:
                     if isinstance(error, asyncio.CancelledError):
                         raise
                     await abort_with_backend_status(
-                        context, error, self.route.owner, request_id, headers
+                        context,
+                        await backend_status.of(error),
+                        self.route.owner,
+                        request_id,
+                        headers,
                     )
                 finally:
                     call.cancel()
