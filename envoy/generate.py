@@ -104,9 +104,6 @@ class PlainPath:
     """A path Nexus's REST edge serves itself, as plain HTTP (not a transcoded RPC)."""
 
     path: str
-    rate_limited_as: str | None = None
-    """The gRPC method whose rate limits its requests meet, per client address (as the REST
-    edge gates it); None: not rate-limited (a public document)."""
     replayable: bool = True
     """Whether Envoy may send a request again after it may have reached Nexus: false for
     the token endpoint, whose requests are not idempotent."""
@@ -115,11 +112,12 @@ class PlainPath:
 _AUTH_SERVICE = "/datapunk.nexus.v1.AuthService/"
 PLAIN_PATHS = (
     # OAuth 2.0 (services/nexus/datapunk_nexus/identity/oauth/http.py). Their clients
-    # authenticate in the request (client credentials), so no ext_authz; they meet the
-    # limits of their gRPC twins per client address, as at the REST edge.
-    PlainPath("/oauth/token", _AUTH_SERVICE + "IssueToken", replayable=False),
-    PlainPath("/oauth/revoke", _AUTH_SERVICE + "RevokeToken"),  # RFC 7009: idempotent
-    PlainPath("/oauth/introspect", _AUTH_SERVICE + "IntrospectToken"),  # a read
+    # authenticate in the request (client credentials), so no ext_authz. Their rate limits
+    # are the REST edge's alone (its gate counts them as their gRPC twins, per client
+    # address): counted here too, each request would meet them twice.
+    PlainPath("/oauth/token", replayable=False),
+    PlainPath("/oauth/revoke"),  # RFC 7009: idempotent
+    PlainPath("/oauth/introspect"),  # a read
     # Public documents: the OAuth metadata and keys, the OpenAPI document and its page.
     PlainPath("/.well-known/oauth-authorization-server"),
     PlainPath("/.well-known/jwks.json"),
@@ -372,61 +370,24 @@ EXT_AUTHZ_DISABLED: Json = {
 
 def plain_routes(cluster_name: str) -> list[Json]:
     """An exact route per ``PLAIN_PATHS`` entry to Nexus's REST edge, without ext_authz
-    (the OAuth endpoints authenticate their clients themselves; the rest are public). The
-    OAuth endpoints keep the rate limit, with the descriptor the REST edge's own gate uses
-    for them: their gRPC twin (entry ``rpc``) and the client's address. Any method goes
-    through: the REST edge answers a wrong one with its own JSON 405."""
-    routes: list[Json] = []
-    for plain in PLAIN_PATHS:
-        route: Json = {
-            "cluster": cluster_name,
-            "timeout": "30s",
-            "retry_policy": REST_RETRY_POLICY if plain.replayable else TOKEN_RETRY_POLICY,
+    (the OAuth endpoints authenticate their clients themselves; the rest are public) and
+    without Envoy's rate limit: the REST edge's gate limits the OAuth endpoints, per client
+    address once Envoy is one of its ``trusted_proxies``, and a second count here would
+    halve their limits. Any method goes through: the REST edge answers a wrong one with its
+    own JSON 405."""
+    return [
+        {
+            "name": f"{cluster_name}{plain.path}",
+            "match": {"path": plain.path},
+            "route": {
+                "cluster": cluster_name,
+                "timeout": "30s",
+                "retry_policy": REST_RETRY_POLICY if plain.replayable else TOKEN_RETRY_POLICY,
+            },
+            "typed_per_filter_config": EXT_AUTHZ_DISABLED,
         }
-        if plain.rate_limited_as is not None:
-            rpc = {"descriptor_key": "rpc", "descriptor_value": plain.rate_limited_as}
-            route["rate_limits"] = [{"actions": [{"generic_key": rpc}, {"remote_address": {}}]}]
-        routes.append(
-            {
-                "name": f"{cluster_name}{plain.path}",
-                "match": {"path": plain.path},
-                "route": route,
-                "typed_per_filter_config": EXT_AUTHZ_DISABLED,
-            }
-        )
-    return routes
-
-
-def rate_limited_oauth_reply() -> Json:
-    """Envoy's own 429 for a rate-limited OAuth request as the REST edge answers it: a JSON
-    google.rpc.Status (code 8, RESOURCE_EXHAUSTED), not an empty body. Transcoded requests
-    need none: theirs is a gRPC reply the transcoder turns into JSON."""
-    body = {"code": 8, "message": "rate limit exceeded", "details": []}
-    return {
-        "mappers": [
-            {
-                "filter": {
-                    "and_filter": {
-                        "filters": [
-                            {"response_flag_filter": {"flags": ["RL"]}},
-                            {
-                                "header_filter": {
-                                    "header": {
-                                        "name": ":path",
-                                        "string_match": {"prefix": "/oauth/"},
-                                    }
-                                }
-                            },
-                        ]
-                    }
-                },
-                "body_format_override": {
-                    "text_format_source": {"inline_string": json.dumps(body)},
-                    "content_type": "application/json",
-                },
-            }
-        ]
-    }
+        for plain in PLAIN_PATHS
+    ]
 
 
 def not_found_route(*, authz: bool) -> Json:
@@ -503,9 +464,7 @@ def http_connection_manager(
     http_filters: list[Json],
     *,
     edge: bool,
-    local_reply: Json | None = None,
 ) -> Json:
-    extra: Json = {"local_reply_config": local_reply} if local_reply is not None else {}
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -529,7 +488,6 @@ def http_connection_manager(
             "access_log": access_log(stat_prefix),
             "route_config": route_config,
             "http_filters": http_filters,
-            **extra,
         },
     }
 
@@ -728,9 +686,7 @@ def edge(
     listener = http_listener(
         "edge",
         socket(opt.listen_address, EDGE_PORT),
-        http_connection_manager(
-            "edge", route_config, http_filters, edge=True, local_reply=rate_limited_oauth_reply()
-        ),
+        http_connection_manager("edge", route_config, http_filters, edge=True),
     )
     if tls:
         listener["filter_chains"][0]["transport_socket"] = {

@@ -55,18 +55,16 @@ DESCRIPTOR_SET = ROOT / "gen" / "descriptors" / "datapunk.binpb"
 OWNERS = ("lake", "stream", "nexus")
 FILES = ("edge.yaml", *(f"sidecar-{owner}.yaml" for owner in OWNERS))
 REST_CLUSTER = "nexus_rest"
-AUTH_SERVICE = "/datapunk.nexus.v1.AuthService/"
-# The plain-HTTP paths Nexus's REST edge serves itself -> the gRPC twin whose limits they
-# meet (None: a public document, not rate-limited); tests/unit/test_edge_routes.py checks
-# this against the edge's own table.
+# The plain-HTTP paths Nexus's REST edge serves itself; tests/unit/test_edge_routes.py
+# checks this against the edge's own table.
 PLAIN_PATHS = {
-    "/oauth/token": AUTH_SERVICE + "IssueToken",
-    "/oauth/revoke": AUTH_SERVICE + "RevokeToken",
-    "/oauth/introspect": AUTH_SERVICE + "IntrospectToken",
-    "/.well-known/oauth-authorization-server": None,
-    "/.well-known/jwks.json": None,
-    "/openapi.json": None,
-    "/docs": None,
+    "/oauth/token",
+    "/oauth/revoke",
+    "/oauth/introspect",
+    "/.well-known/oauth-authorization-server",
+    "/.well-known/jwks.json",
+    "/openapi.json",
+    "/docs",
 }
 
 Json = dict[str, Any]
@@ -372,12 +370,9 @@ def _mutations() -> Iterator[tuple[str, Callable[[Json], None], str]]:
     def deprecated_field(c: Json) -> None:  # Cluster.http2_protocol_options is deprecated
         c["static_resources"]["clusters"][0]["http2_protocol_options"] = {}
 
-    def empty_rate_limit_key(c: Json) -> None:  # PGV: GenericKey.descriptor_value min_len 1
-        token = next(
-            r for r in _edge_route_config(c)["virtual_hosts"][0]["routes"]
-            if r.get("match", {}).get("path") == "/oauth/token"
-        )  # fmt: skip
-        token["route"]["rate_limits"][0]["actions"][0]["generic_key"]["descriptor_value"] = ""
+    def empty_rate_limit_key(c: Json) -> None:  # PGV: RequestHeaders.descriptor_key min_len 1
+        route = _edge_route_config(c)["virtual_hosts"][0]["routes"][0]
+        route["route"]["rate_limits"][0]["actions"][0]["request_headers"]["descriptor_key"] = ""
 
     yield "transcoder_bogus_field", transcoder_bogus_field, 'no field named "print_option"'
     yield "ext_authz_wrong_type", ext_authz_wrong_type, "failure_mode_allow"
@@ -391,7 +386,7 @@ def _mutations() -> Iterator[tuple[str, Callable[[Json], None], str]]:
     yield "health_check_without_checker", health_check_without_checker, "'health_checker'"
     yield "ratelimit_without_service", ratelimit_without_service, "rate_limit_service: required"
     yield "deprecated_field", deprecated_field, "http2_protocol_options: deprecated"
-    yield "empty_rate_limit_key", empty_rate_limit_key, "descriptor_value: shorter than 1"
+    yield "empty_rate_limit_key", empty_rate_limit_key, "descriptor_key: shorter than 1"
 
 
 def _edge_route_config(config: Json) -> Json:
@@ -514,10 +509,8 @@ def test_edge_filter_chain_order_and_nexus_callouts() -> None:
     for route in routes_of(config["static_resources"]["listeners"][0])[:-1]:
         if "grpc" in route["match"]:
             assert route["route"]["rate_limits"], route["name"]
-        else:  # the REST edge's plain paths: only the OAuth endpoints
-            assert bool(route["route"].get("rate_limits")) == bool(
-                PLAIN_PATHS[route["match"]["path"]]
-            ), route["name"]
+        else:  # the REST edge's plain paths: its own gate limits them (test below)
+            assert "rate_limits" not in route["route"], route["name"]
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -641,34 +634,18 @@ def test_the_rest_edges_plain_paths_reach_it_without_ext_authz() -> None:
         assert route_for(listener, path)["name"] == "not-found", path
 
 
-def test_oauth_endpoints_are_rate_limited_as_the_rest_edge_limits_them() -> None:
-    """Their gRPC twin as ``rpc`` and the client's address: the key the REST edge's own
-    gate counts them under (``CallInfo(gated_as, client_ip)``), which Nexus's
-    ShouldRateLimit reads (tests/unit/test_envoy_ratelimit.py)."""
+def test_oauth_endpoints_are_rate_limited_once_by_the_rest_edge() -> None:
+    """Envoy sends the OAuth endpoints on without a rate-limit check: the REST edge behind it
+    gates them (as their gRPC twins, per client address; tests/integration/
+    test_oauth_rate_limits.py), and Envoy's ShouldRateLimit counts in the same buckets, so
+    a check here too would halve their limits. Envoy never answers them 429 itself, so it
+    needs no JSON reply of its own for that."""
     listener = committed("edge.yaml")["static_resources"]["listeners"][0]
-    for path, twin in PLAIN_PATHS.items():
-        route = route_for(listener, path)["route"]
-        if twin is None:
-            assert "rate_limits" not in route, path
-            continue
-        assert route["rate_limits"] == [
-            {
-                "actions": [
-                    {"generic_key": {"descriptor_key": "rpc", "descriptor_value": twin}},
-                    {"remote_address": {}},
-                ]
-            }
-        ], path
-    # Envoy's own 429 for them is a JSON google.rpc.Status, as the REST edge answers.
-    hcm = hcm_of(listener)
-    [mapper] = hcm["local_reply_config"]["mappers"]
-    matchers = mapper["filter"]["and_filter"]["filters"]
-    assert {"response_flag_filter": {"flags": ["RL"]}} in matchers
-    header = next(m["header_filter"]["header"] for m in matchers if "header_filter" in m)
-    assert header == {"name": ":path", "string_match": {"prefix": "/oauth/"}}
-    body = mapper["body_format_override"]
-    assert body["content_type"] == "application/json"
-    assert json.loads(body["text_format_source"]["inline_string"])["code"] == 8
+    for path in PLAIN_PATHS:
+        route = route_for(listener, path)
+        assert "rate_limits" not in route["route"], path
+        assert "rate_limits" not in route, path
+    assert "local_reply_config" not in hcm_of(listener)
 
 
 def test_a_token_request_is_retried_only_when_it_never_reached_nexus() -> None:

@@ -3,18 +3,14 @@ real grpc.aio server, answered from the same request gate the entries use."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from datapunk_nexus.envoy_services.ratelimit import RateLimitService
 from datapunk_nexus.limits import build_gate
-from datapunk_nexus.policy import CallInfo
 from datapunk_shared.config import RateLimitRule, RateLimitSettings
-from datapunk_shared.errors import InvalidArgument, ResourceExhausted
+from datapunk_shared.errors import InvalidArgument
 from datapunk_shared.rpc.client import error_from_rpc_error
 from datapunk_shared.rpc.interceptor import DatapunkServerInterceptor
 from datapunk_shared.rpc.server import create_server
@@ -112,62 +108,3 @@ async def test_malformed_requests_are_invalid_argument(
     error = error_from_rpc_error(caught.value)
     assert isinstance(error, InvalidArgument)
     assert error.reason == reason or reason in {v.reason for v in error.violations}
-
-
-EDGE_YAML = Path(__file__).resolve().parents[2] / "envoy" / "edge.yaml"
-ISSUE = "/datapunk.nexus.v1.AuthService/IssueToken"
-
-
-def envoy_descriptor(path: str, ip: str) -> ratelimit_pb2.RateLimitDescriptor:
-    """The descriptor Envoy builds from the committed edge's route for ``path``: a
-    ``generic_key`` action gives the entry (descriptor_key, descriptor_value), a
-    ``remote_address`` action the entry (remote_address, the client's address)."""
-    text = EDGE_YAML.read_text()
-    edge: dict[str, Any] = json.loads(text[text.index("{") :])
-    hcm = edge["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    [limit] = next(r for r in routes if r["match"].get("path") == path)["route"]["rate_limits"]
-    entry = ratelimit_pb2.RateLimitDescriptor.Entry
-    entries = []
-    for action in limit["actions"]:
-        if "generic_key" in action:
-            key = action["generic_key"]
-            entries.append(entry(key=key["descriptor_key"], value=key["descriptor_value"]))
-        else:
-            assert action == {"remote_address": {}}
-            entries.append(entry(key="remote_address", value=ip))
-    return ratelimit_pb2.RateLimitDescriptor(entries=entries)
-
-
-async def test_envoys_token_endpoint_descriptor_counts_where_the_rest_edge_counts() -> None:
-    """Envoy's descriptor for /oauth/token is the REST edge's own key for it (IssueToken
-    per client address): both count in the same bucket of the same rule."""
-    rule = RateLimitRule(name="token-per-ip", methods=[ISSUE], key="client_ip", rate=3, period=60)
-    gate = build_gate(RateLimitSettings(backend="memory", rules=[rule]), None)
-    server, port = create_server(
-        "127.0.0.1:0", edges=DatapunkServerInterceptor("nexus", access_log="off")
-    )
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(RateLimitService(gate), server)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            limit = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit
-
-            async def envoy(ip: str) -> int:
-                descriptor = envoy_descriptor("/oauth/token", ip)
-                answer = await limit(
-                    rls_pb2.RateLimitRequest(domain="datapunk", descriptors=[descriptor])
-                )
-                code: int = answer.overall_code
-                return code
-
-            assert await envoy("192.0.2.7") == OK
-            assert await envoy("192.0.2.7") == OK
-            # The REST edge's gate, as it gates a POST /oauth/token from that address.
-            await gate.check_rate(CallInfo(ISSUE, "192.0.2.7"))
-            assert await envoy("192.0.2.7") == OVER
-            with pytest.raises(ResourceExhausted):
-                await gate.check_rate(CallInfo(ISSUE, "192.0.2.7"))
-            assert await envoy("192.0.2.8") == OK  # another client, its own bucket
-    finally:
-        await server.stop(None)
