@@ -31,6 +31,7 @@ from datapunk_nexus.identity.signing import (
 )
 from datapunk_shared.config import Settings
 from datapunk_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from datapunk_shared.key_events import key_event_subscriber
 from datapunk_shared.secrets import FileSecretProvider
 from joserfc import jws
 from joserfc.errors import BadSignatureError
@@ -260,6 +261,33 @@ async def test_a_second_instance_follows_a_rotation_and_rotations_never_race(
         assert len(keys) == 4
         assert len((await one.jwks())["keys"]) == 4  # every retired key is in its overlap
     finally:
+        await two.aclose()
+        await one.aclose()
+
+
+async def test_a_second_instance_signs_with_the_new_key_once_a_rotation_is_announced(
+    settings: Settings, pool: AsyncConnectionPool, secrets: FileSecretProvider
+) -> None:
+    # Its periodic refresh is ten minutes away: only the announcement (on the stack's
+    # Redis) can move it to the new key.
+    stack = _settings(refresh_interval=600).model_copy(update={"engines": settings.engines})
+    one = await build_key_ring(stack, pool, secrets, refresh=False)
+    two = await build_key_ring(stack, pool, secrets, refresh=True)
+    listener = key_event_subscriber(stack, two.keys_changed)
+    assert listener is not None
+    listener.start()
+    try:
+        assert await listener.wait_subscribed(10)
+        retired = two.active_signer().kid
+        rotated = await one.rotate()
+        deadline = time.monotonic() + 5
+        while two.active_signer().kid == retired:
+            assert time.monotonic() < deadline, "the rotation's announcement was not heard"
+            await asyncio.sleep(0.05)
+        assert two.active_signer().kid == rotated.kid
+        assert _verify(_sign_jws(two.active_signer(), {"by": "two"}), await one.jwks())
+    finally:
+        await listener.stop()
         await two.aclose()
         await one.aclose()
 

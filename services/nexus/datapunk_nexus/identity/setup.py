@@ -72,6 +72,8 @@ async def build_access_control(
         Prerequisite("signing keys", "postgres", load_signing_keys)
     )
     context.cleanups.append(ring.aclose)
+    # A rotation or deletion through another instance: sign with the new active key at once.
+    context.key_change_handlers.append(ring.keys_changed)
 
     # The trail first: the token endpoints record every token request in it.
     # A configured chain key that is missing stops the start (SECRET_NOT_FOUND): a trail

@@ -5,6 +5,8 @@ retryable; afterwards it is the ring itself."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from datapunk_shared.errors import Unavailable
 
 from datapunk_nexus.identity.signing._ring import SigningKeyInfo, SigningKeyRing
@@ -50,6 +52,11 @@ class DeferredKeyRing:
 
     async def delete(self, kid: str) -> None:
         await self._get().delete(kid)
+
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """Passed on to the ring once there is one (until then there is nothing to reread)."""
+        if self._ring is not None:
+            await self._ring.keys_changed(issuer, removed)
 
     async def aclose(self) -> None:
         if self._ring is not None:

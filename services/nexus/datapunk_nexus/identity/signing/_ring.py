@@ -6,7 +6,7 @@ A key is ``active`` (it signs, and is published) or ``retired`` (it no longer si
 stays published until ``publish_until``, so tokens it signed keep verifying for the
 rotation overlap). Changes take a PostgreSQL advisory lock, so two instances rotating at
 once make two clean rotations, never two active keys; each instance rereads the active
-key every ``refresh_interval`` seconds.
+key every ``refresh_interval`` seconds, and at once when a change is announced.
 
 Every change is announced once committed (``events``, ``datapunk_shared.key_events``):
 the services then drop a deleted or retired key and fetch the JWKS again at once,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -183,6 +183,17 @@ class SigningKeyRing:
             if signer is not None:
                 self._signers[active.kid] = signer
         self._active_kid = active.kid
+
+    async def keys_changed(self, issuer: str | None, removed: Collection[str]) -> None:
+        """A key change was announced (``datapunk_shared.key_events``), perhaps by another
+        instance: reread the active key now rather than at the next periodic refresh, so
+        this instance stops signing with a key another one retired or deleted at once. A
+        failed read keeps the keys known so far and is logged; the periodic refresh
+        tries again."""
+        try:
+            await self.refresh()
+        except DatapunkError as exc:
+            log.warning("signing_keys_refresh_failed", reason=exc.reason, error=exc.message)
 
     def start_refreshing(self) -> None:
         """Refresh every ``refresh_interval`` seconds in the background until
