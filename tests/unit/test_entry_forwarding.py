@@ -359,8 +359,9 @@ async def test_an_upload_the_backend_refuses_midway_ends_with_the_backends_statu
     env: Env, method: str, kind: str
 ) -> None:
     # The backend ends the call at the first message while the rest of the upload is still
-    # being written to it. grpc.aio's write race (see datapunk_nexus/backend_status.py) turned about
-    # one in ten of these into INTERNAL at the entry, so a hundred tries show it.
+    # being written to it. grpc.aio's write race (see datapunk_nexus/backend_status.py)
+    # turned about one in ten of these into INTERNAL at the entry, so a hundred tries show
+    # it.
     upload = (b"fail", *[b"x" * 65536] * 15)
     for _ in range(100):
         failure = await _refused_upload(env.entry, method, *upload, kind=kind)
