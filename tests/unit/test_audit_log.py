@@ -262,32 +262,28 @@ class _FakeCpu:
         return self._wall() * self.share
 
 
+async def _late_batch_at_cpu_share(share: float) -> list[str]:
+    """The batch the late records of ``_batches_after_a_shared_one`` went into, in a
+    process using ``share`` of a core (busy from 0.7)."""
+    writer = ScriptedWriter()
+    audit = AuditLog(
+        writer,
+        write_timeout=5,
+        linger=0.2,
+        linger_after_batch=2,
+        linger_when_busy=0.7,
+        cpu_clock=_FakeCpu(share),
+    )
+    await asyncio.sleep(0.06)  # one measuring window of the busy meter
+    try:
+        return await _batches_after_a_shared_one(audit, writer)
+    finally:
+        await audit.close()
+
+
 async def test_linger_only_while_the_process_is_busy() -> None:
     """With ``linger_when_busy``, a process with CPU to spare writes at once even when
     calls arrive together (the wait would only add to every call), while a busy one
     lingers and gathers them."""
-    idle_writer = ScriptedWriter()
-    idle = AuditLog(
-        idle_writer,
-        write_timeout=5,
-        linger=0.2,
-        linger_after_batch=2,
-        linger_when_busy=0.7,
-        cpu_clock=_FakeCpu(0.1),
-    )
-    await asyncio.sleep(0.06)  # one measuring window of the busy meter
-    assert await _batches_after_a_shared_one(idle, idle_writer) == ["f"]
-    await idle.close()
-
-    busy_writer = ScriptedWriter()
-    busy = AuditLog(
-        busy_writer,
-        write_timeout=5,
-        linger=0.2,
-        linger_after_batch=2,
-        linger_when_busy=0.7,
-        cpu_clock=_FakeCpu(1.0),
-    )
-    await asyncio.sleep(0.06)
-    assert await _batches_after_a_shared_one(busy, busy_writer) == ["d", "e", "f"]
-    await busy.close()
+    assert await _late_batch_at_cpu_share(0.1) == ["f"]
+    assert await _late_batch_at_cpu_share(1.0) == ["d", "e", "f"]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 
+import grpc
 import httpx
 import pytest
 from datapunk_shared.auth.claims import datapunk_claims
@@ -19,8 +20,10 @@ from datapunk_shared.auth.interceptor import CallerAuthenticator
 from datapunk_shared.auth.jwks import JwksCachePolicy, JwksKeySource
 from datapunk_shared.auth.tokens import IssuerPolicy, TokenVerifier
 from datapunk_shared.auth.verifiers import IssuerKeys
+from datapunk_shared.config import Settings
 from datapunk_shared.errors import Unauthenticated
 from datapunk_shared.key_events import KeyChange, KeyEventSubscriber
+from datapunk_shared.rpc.server import ServiceContext
 from redis.asyncio import Redis
 
 from tests.token_kit import claims, ec_key, header, jwks, sign
@@ -265,3 +268,30 @@ async def test_a_failing_change_does_not_stop_the_subscriber() -> None:
     finally:
         await subscriber.stop()
     assert seen == ["a", "b"]
+
+
+async def test_every_key_change_handler_hears_a_change_when_one_fails() -> None:
+    """A service's handlers (its port's authenticator, Nexus's edges and key ring) each
+    hear every change: one failing does not keep the ones after it from hearing it."""
+    settings = Settings()
+    context = ServiceContext(
+        settings=settings, service_settings=settings.lake, server=grpc.aio.server()
+    )
+    heard: list[tuple[str, str | None, frozenset[str]]] = []
+
+    async def failing(issuer: str | None, removed: frozenset[str]) -> None:
+        heard.append(("failing", issuer, removed))
+        raise RuntimeError("this handler breaks")
+
+    async def listening(issuer: str | None, removed: frozenset[str]) -> None:
+        heard.append(("listening", issuer, removed))
+
+    context.key_change_handlers += [failing, listening]
+    await context.keys_changed(ISSUER, frozenset({"k1"}))
+    await context.keys_changed(None, frozenset())
+    assert heard == [
+        ("failing", ISSUER, frozenset({"k1"})),
+        ("listening", ISSUER, frozenset({"k1"})),
+        ("failing", None, frozenset()),
+        ("listening", None, frozenset()),
+    ]

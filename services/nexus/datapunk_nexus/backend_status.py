@@ -39,9 +39,10 @@ def _is_write_failure(details: str | None, debug_error_string: str | None) -> bo
 class BackendStatus:
     """Watches one outgoing client-streaming call for the status its backend sent."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, *, delivery_wait: float = _DELIVERY_WAIT) -> None:
         self._delivered: grpc.aio.AioRpcError | None = None
         self._arrived = asyncio.Event()
+        self._delivery_wait = delivery_wait
         call.add_done_callback(self._keep)
 
     def _keep(self, call: Any) -> None:
@@ -68,7 +69,7 @@ class BackendStatus:
         if not _is_write_failure(error.details(), error.debug_error_string()):
             return error
         try:
-            await asyncio.wait_for(self._arrived.wait(), _DELIVERY_WAIT)
+            await asyncio.wait_for(self._arrived.wait(), self._delivery_wait)
         except TimeoutError:
             return error
         delivered = self._delivered

@@ -69,8 +69,13 @@ class ServiceContext:
     the service port's caller authenticator, such as Nexus's edges."""
 
     async def keys_changed(self, issuer: str | None, removed: frozenset[str]) -> None:
+        """Tell every handler; one failing does not keep the others (the service port's
+        among them) from hearing of the change."""
         for handler in list(self.key_change_handlers):
-            await handler(issuer, removed)
+            try:
+                await handler(issuer, removed)
+            except Exception:
+                log.exception("a signing key change handler failed", issuer=issuer)
 
 
 async def open_postgres(context: ServiceContext, service: str) -> AsyncConnectionPool:

@@ -190,10 +190,7 @@ class SigningKeyRing:
         this instance stops signing with a key another one retired or deleted at once. A
         failed read keeps the keys known so far and is logged; the periodic refresh
         tries again."""
-        try:
-            await self.refresh()
-        except DatapunkError as exc:
-            log.warning("signing_keys_refresh_failed", reason=exc.reason, error=exc.message)
+        await self._try_refresh()
 
     def start_refreshing(self) -> None:
         """Refresh every ``refresh_interval`` seconds in the background until
@@ -204,10 +201,15 @@ class SigningKeyRing:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_interval)
-            try:
-                await self.refresh()
-            except DatapunkError as exc:
-                log.warning("signing_keys_refresh_failed", reason=exc.reason, error=exc.message)
+            await self._try_refresh()
+
+    async def _try_refresh(self) -> None:
+        """``refresh``; when it fails, the keys known so far stay and the failure is
+        logged."""
+        try:
+            await self.refresh()
+        except DatapunkError as exc:
+            log.warning("signing_keys_refresh_failed", reason=exc.reason, error=exc.message)
 
     # --- publishing -------------------------------------------------------------------
 
